@@ -1,0 +1,103 @@
+"""The Colab notebooks run top to bottom on CPU with small settings and draw their plots.
+
+Each notebook runs in a Jupyter kernel started from this interpreter (`sys.executable`), with
+notebooks/ as the working directory and the environment of the tests (8 emulated CPU devices,
+see conftest.py) plus TRANSFORMER_NOTEBOOK_SMALL=1. Cells tagged "plot" must display a PNG.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+import nbclient
+import nbformat
+import pytest
+from jupyter_client import kernelspec
+from jupyter_client import manager
+
+NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+# Notebook -> the fewest "plot" cells it must have (so that a lost tag cannot hide a plot).
+NOTEBOOKS = {
+    "quickstart.ipynb": 2,
+    "attention_explained.ipynb": 11,
+    "research_api.ipynb": 2,
+}
+CELL_TIMEOUT_S = 300
+KERNEL_NAME = "transformer-notebook-test"
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+  return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+
+
+def _plot_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+  return [c for c in nb.cells if c.cell_type == "code" and "plot" in c.metadata.get("tags", [])]
+
+
+def _images(cell: nbformat.NotebookNode) -> int:
+  return sum("image/png" in out.get("data", {}) for out in cell.outputs)
+
+
+def _errors(nb: nbformat.NotebookNode) -> list[str]:
+  return [f"{out.ename}: {out.evalue}" for c in nb.cells if c.cell_type == "code"
+          for out in c.outputs if out.output_type == "error"]
+
+
+@pytest.fixture(scope="module")
+def kernel_spec_manager(tmp_path_factory) -> kernelspec.KernelSpecManager:
+  """A kernel spec that starts this very interpreter (the CI venv's python, not a PATH lookup)."""
+  kernels = tmp_path_factory.mktemp("kernels")
+  spec_dir = kernels / KERNEL_NAME
+  spec_dir.mkdir()
+  spec = {
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": f"Python ({sys.executable})",
+      "language": "python",
+  }
+  (spec_dir / "kernel.json").write_text(json.dumps(spec))
+  return kernelspec.KernelSpecManager(kernel_dirs=[str(kernels)], ensure_native_kernel=False)
+
+
+def test_every_notebook_is_tested():
+  assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_committed_without_outputs(name):
+  nb = _read(name)
+  nbformat.validate(nb)
+  dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+           and (c.outputs or c.execution_count is not None)]
+  assert not dirty, f"{name}: cells {dirty} have outputs; clear them before committing"
+  assert len(_plot_cells(nb)) >= NOTEBOOKS[name], f"{name}: plot cells lost their 'plot' tag"
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_runs_and_plots(name, kernel_spec_manager, tmp_path, monkeypatch):
+  monkeypatch.setenv("TRANSFORMER_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("TMPDIR", str(tmp_path))  # Run directories the notebooks create.
+  monkeypatch.delenv("MPLBACKEND", raising=False)  # Keep the inline backend (PNG outputs).
+  nb = _read(name)
+  # A first cell, added here only, that reports which interpreter runs the kernel.
+  nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable, end='')"))
+  km = manager.KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager)
+  client = nbclient.NotebookClient(
+      nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+  )
+  start = time.perf_counter()
+  try:
+    client.execute()
+  except nbclient.exceptions.CellExecutionError as e:
+    pytest.fail(f"{name} failed after {time.perf_counter() - start:.0f} s:\n{e}")
+  print(f"{name}: {time.perf_counter() - start:.1f} s")
+  nbformat.write(nb, tmp_path / name)  # Executed copy, for a look after a failure.
+  assert not _errors(nb)
+  probe, setup = [c for c in nb.cells if c.cell_type == "code"][:2]
+  assert probe.outputs[0].text == sys.executable
+  setup_output = "".join(out.get("text", "") for out in setup.outputs)
+  assert "devices: [CpuDevice(id=0)" in setup_output, setup_output
+  missing = [i for i, c in enumerate(nb.cells)
+             if "plot" in c.metadata.get("tags", []) and _images(c) == 0]
+  assert not missing, f"{name}: plot cells {missing} displayed no PNG image"

@@ -1,0 +1,142 @@
+"""The command lines: train.py resumes exactly after SIGKILL, trains on Multi30k end to end,
+names unknown config fields; transformer.translate and transformer.evaluate use the workdir."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MULTI30K = os.path.join(os.path.dirname(REPO), "shared", "data", "multi30k")
+
+# The copy task with a 1+1-layer width-32 model on one device: seconds per run.
+TINY_COPY = [
+    "--config=configs/copy.py", "--config.model.d_model=32", "--config.model.d_ff=64",
+    "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
+    "--config.mesh.data=1", "--config.data.tokens_per_batch=256",
+    "--config.data.eval_batch_size=32", "--config.training.log_every_steps=5",
+    "--config.training.eval_every_steps=1000", "--config.training.bleu_every_steps=0",
+    "--config.training.checkpoint_every_steps=5", "--config.training.test_split=",
+    "--config.model.dropout_rate=0.1",
+]
+
+
+def _run(args, timeout=300, **kwargs):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, **kwargs)
+
+
+def _train_loss_by_step(workdir):
+  """Last train/loss written for each step (a resumed run rewrites the steps it replays)."""
+  losses = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "train/loss" in record:
+        losses[record["step"]] = record["train/loss"]
+  return losses
+
+
+def _params(workdir, step):
+  state = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
+                                                        "state"))
+  return state["params"]
+
+
+def test_sigkill_midway_then_restart_matches_uninterrupted_run(tmp_path):
+  steps = 30
+  args = TINY_COPY + [f"--config.training.num_train_steps={steps}"]
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  result = _run(["train.py", f"--workdir={straight}", *args])
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  process = subprocess.Popen([sys.executable, "train.py", f"--workdir={killed}", *args],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  marker = os.path.join(killed, "checkpoints", "15", "state", "commit_success.txt")
+  while time.time() < deadline and process.poll() is None and not os.path.exists(marker):
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  assert os.path.exists(marker), "the killed run never wrote its step-15 checkpoint"
+  assert not os.path.exists(os.path.join(killed, "summary.json")), "killed too late"
+
+  result = _run(["train.py", f"--workdir={killed}", *args])
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(open(os.path.join(killed, "summary.json")).read())
+  assert 15 <= summary["start_step"] < steps and summary["final_step"] == steps
+
+  assert _train_loss_by_step(killed) == pytest.approx(_train_loss_by_step(straight), rel=1e-6)
+  a, b = _params(straight, steps), _params(killed, steps)
+  flat_a, flat_b = _flatten(a), _flatten(b)
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    np.testing.assert_allclose(flat_b[key], flat_a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+  # transformer.evaluate on the finished run, averaging the last 2 checkpoints.
+  result = _run(["-m", "transformer.evaluate", f"--workdir={straight}", "--split=validation",
+                 "--average_last_k=2", "--beam_size=2"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["steps"] == [25, 30]
+  assert 0.0 <= report["validation/bleu"] <= 100.0
+  assert os.path.exists(report["hypotheses"])
+
+
+def _flatten(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}/{key}"))
+    return out
+  if isinstance(tree, (list, tuple)):
+    out = {}
+    for i, value in enumerate(tree):
+      out.update(_flatten(value, f"{prefix}/{i}"))
+    return out
+  return {prefix: np.asarray(tree)}
+
+
+@pytest.mark.skipif(not os.path.isdir(MULTI30K), reason="needs ../shared/data/multi30k")
+def test_multi30k_end_to_end_then_translate(tmp_path):
+  workdir = str(tmp_path / "run")
+  result = _run([
+      "train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+      f"--config.data.manual_dir={MULTI30K}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+      "--config.training.num_train_steps=30", "--config.training.bleu_every_steps=30",
+      "--config.training.checkpoint_every_steps=10", "--config.training.test_split=",
+  ], timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  bleu = [r["eval/bleu"] for r in records if "eval/bleu" in r]
+  assert len(bleu) == 1 and 0.0 <= bleu[0] <= 100.0
+  assert any("train/loss" in r for r in records)
+  assert os.path.exists(os.path.join(workdir, "sentencepiece.model"))
+  assert os.path.exists(os.path.join(workdir, "hypotheses", "validation_step30.txt"))
+  assert "Run summary" in result.stdout
+
+  sentences = "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n"
+  result = _run(["-m", "transformer.translate", f"--workdir={workdir}", "--beam_size=2"],
+                input=sentences)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(result.stdout.splitlines()) == 2
+
+
+def test_unknown_config_field_lists_valid_fields():
+  result = _run(["train.py", "--workdir=/tmp/unused", "--config.training.num_step=3"])
+  assert result.returncode == 2
+  assert "did you mean config.training.num_train_steps" in result.stderr.lower()
+  assert "Valid fields of config.training:" in result.stderr
+
+
+def test_translate_refuses_a_directory_without_a_run(tmp_path):
+  result = _run(["-m", "transformer.translate", f"--workdir={tmp_path}"], input="Hallo\n")
+  assert result.returncode == 1
+  assert "not a train.py workdir" in result.stderr

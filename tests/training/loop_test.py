@@ -1,0 +1,108 @@
+"""train_and_evaluate: the copy task learns, NaN stops cleanly, incompatible workdirs are
+refused, SIGTERM checkpoints and resumes, bad config fields are named."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import training_helpers
+from transformer import checkpointing
+from transformer import metrics
+from transformer.training import loop
+
+
+def test_copy_task_reaches_99_percent_token_accuracy_within_a_minute(tmp_path):
+  config = training_helpers.load_config("copy")
+  config.mesh.data = 1  # One device: the fastest layout on a CPU.
+  config.training.test_split = ""
+  start = time.process_time()
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  cpu_seconds = time.process_time() - start
+  records = metrics.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  accuracy = [r["eval/accuracy"] for r in records if "eval/accuracy" in r]
+  assert accuracy[-1] >= 0.99, accuracy
+  assert cpu_seconds < 60, f"copy task took {cpu_seconds:.0f} s of CPU time"
+  assert summary["best_metric"] == "eval/bleu" and summary["best_value"] > 90
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = training_helpers.tiny_copy_config(num_train_steps=20)
+  config.optimizer.learning_rate = 1e30  # Diverges within a few steps.
+  config.training.checkpoint_every_steps = 1
+  with pytest.raises(loop.NonFiniteLossError, match="training loss became nan") as info:
+    loop.train_and_evaluate(config, str(tmp_path))
+  steps = checkpointing.steps_of(os.path.join(tmp_path, "checkpoints"))
+  message = str(info.value)
+  if steps:
+    assert f"last good checkpoint is step {steps[-1]}" in message
+  else:
+    assert "No checkpoint was saved" in message
+  assert "learning_rate" in message
+
+
+def test_outputs_are_written_and_an_incompatible_config_is_refused(tmp_path):
+  config = training_helpers.tiny_copy_config(num_train_steps=10)
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"]["d_model"] == 32 and saved["training"]["num_train_steps"] == 10
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk["final_step"] == summary["final_step"] == 10
+  assert on_disk["checkpoint_steps"] == [5, 10]
+  records = metrics.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  train = [r for r in records if "train/loss" in r]
+  assert [r["step"] for r in train] == [5, 10]
+  assert {"train/learning_rate", "train/tokens_per_second", "train/grad_norm"} <= set(train[0])
+  assert np.isfinite(train[-1]["train/loss"])
+  assert [r["step"] for r in records if "eval/loss" in r] == [10]
+  # Restarting with another model shape must not overwrite anything.
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  config_json = (tmp_path / "config.json").read_text()
+  config.model.d_model = 64
+  with pytest.raises(loop.TrainingError, match=r"(?s)refusing.*model\.d_model: 32 -> 64"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+  assert (tmp_path / "config.json").read_text() == config_json
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+  config = training_helpers.tiny_copy_config(num_train_steps=400)
+  config.training.checkpoint_every_steps = 1000
+  metrics_path = tmp_path / "metrics.jsonl"
+
+  def send_sigterm_once_training():
+    deadline = time.time() + 120
+    while time.time() < deadline and not metrics_path.exists():
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  killer = threading.Thread(target=send_sigterm_once_training)
+  killer.start()
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  killer.join()
+  stopped_at = summary["final_step"]
+  assert summary["stopped_by"] == "SIGTERM"
+  assert 0 < stopped_at < 400
+  # The checkpoint holds the step it stopped at; the SIGKILL test in tests/test_train_cli.py
+  # shows that restarting resumes exactly.
+  assert checkpointing.steps_of(str(tmp_path / "checkpoints")) == [stopped_at]
+
+
+def test_unknown_config_fields_list_the_valid_ones():
+  config = training_helpers.tiny_copy_config().to_dict()
+  config["training"]["num_step"] = 3
+  with pytest.raises(loop.TrainingError, match=r"training\.num_step \(did you mean "
+                     r"training\.num_train_steps\?\).*Valid fields of config\.training: .*seed"):
+    loop.parse_config(config)
+  config = training_helpers.tiny_copy_config().to_dict()
+  config["model"]["d_modle"] = 3
+  with pytest.raises(loop.TrainingError, match="Valid fields of config.model: .*d_model"):
+    loop.parse_config(config)
+  config = training_helpers.tiny_copy_config().to_dict()
+  config["model"]["max_len"] = 8
+  with pytest.raises(loop.TrainingError, match="model.max_len=8 is smaller than data.max_len"):
+    loop.parse_config(config)

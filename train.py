@@ -1,0 +1,87 @@
+r"""Trains, evaluates and checkpoints a Transformer (Vaswani et al., 2017).
+
+  python train.py --workdir=runs/multi30k                       # configs/multi30k.py
+  python train.py --config=configs/copy.py --workdir=runs/copy --config.training.num_train_steps=300
+
+Rerunning a command with the same --workdir resumes from its latest checkpoint; SIGTERM or
+Ctrl-C saves a checkpoint first.
+"""
+
+import importlib.util
+import logging as std_logging
+import os
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from transformer.training import loop
+from transformer.training import run_config
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "multi30k.py")
+
+
+def _load_config(argv: list[str]):
+  """The config file named by --config (or the default), loaded without overrides."""
+  path = _DEFAULT_CONFIG
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  spec = importlib.util.spec_from_file_location("_train_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config().to_dict()
+
+
+def _check_overrides(argv: list[str]) -> None:
+  """Exits with the list of valid fields when a --config.X override names no config field."""
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if not overrides:
+    return
+  config = _load_config(argv)
+  for override in overrides:
+    message = run_config.explain_unknown_field(config, override)
+    if message:
+      print(f"error: {message}", file=sys.stderr)
+      sys.exit(2)
+
+
+if __name__ == "__main__":
+  _check_overrides(sys.argv)  # Before DEFINE_config_file, which applies overrides at once.
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/multi30k", "Directory for checkpoints, logs, "
+                               "the tokenizer and metrics; reused to resume.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Config file; override fields with --config.SECTION.FIELD=VALUE.",
+    lock_config=True,
+)
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the console (warnings still show)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
+               jax.devices())
+  logging.info("Config:\n%s", _CONFIG.value)
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except loop.TrainingError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,158 @@
+"""Beam search with the GNMT length penalty, as used in "Attention Is All You Need" (section 6.1:
+beam 4, alpha 0.6). Model-agnostic: it only sees `step_fn(tokens, cache) -> (logits, cache)`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+StepFn = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+
+# Finite stand-in for log(0): keeps arithmetic NaN-free; no real hypothesis scores this low.
+NEG_INF = -1.0e9
+
+
+def length_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
+  """GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al., 2016)."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def expand_to_beams(tree: Any, beam_size: int) -> Any:
+  """Repeats every batch-leading leaf (ndim >= 1) K times: (B, ...) -> (B * K, ...).
+
+  Scalars (e.g. a shared cache index) are left as they are. Rows b * K .. b * K + K - 1 are
+  the beams of batch element b.
+  """
+  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), tree)
+
+
+def _gather_beams(tree: Any, beam_indices: jax.Array, batch_size: int, old_beams: int) -> Any:
+  """Selects beams: leaves (B * K_old, ...) -> (B * K_new, ...) via indices (B, K_new)."""
+  new_beams = beam_indices.shape[1]
+
+  def gather(x):
+    if x.ndim == 0:
+      return x
+    x = x.reshape((batch_size, old_beams) + x.shape[1:])  # (B, K_old, ...)
+    x = jnp.take_along_axis(x, beam_indices.reshape(beam_indices.shape + (1,) * (x.ndim - 2)),
+                            axis=1)  # (B, K_new, ...)
+    return x.reshape((batch_size * new_beams,) + x.shape[2:])
+
+  return jax.tree.map(gather, tree)
+
+
+def beam_search(
+    step_fn: StepFn,
+    cache: Any,
+    *,
+    batch_size: int,
+    beam_size: int,
+    max_decode_len: int,
+    bos_id: int,
+    eos_id: int,
+    alpha: float = 0.6,
+    pad_id: int = 0,
+) -> tuple[jax.Array, jax.Array]:
+  """Finds the K best sequences under score = log P(Y) / lp(|Y|), stopping at EOS.
+
+  The whole search is one `lax.while_loop`; it stops early once no live hypothesis can beat
+  the worst finished one (sound for alpha >= 0, where lp grows with length). A hypothesis
+  finishes when its EOS ranks among the K best candidates of its step, so beam 1 with alpha 0
+  is exactly greedy decoding.
+
+  Args:
+    step_fn: `(tokens (B * K,), cache) -> (logits (B * K, V), cache)`: feeds one token per row
+      and returns next-token logits (log-probabilities work too: they are renormalized).
+    cache: the step function's state for batch size B (leaves with a leading batch axis, or
+      scalars shared by all rows); it is expanded to B * K rows here.
+    batch_size: B.
+    beam_size: K >= 1.
+    max_decode_len: L, the most tokens generated per sequence (EOS included).
+    bos_id: first token fed to `step_fn`.
+    eos_id: token that ends a hypothesis.
+    alpha: length-penalty exponent, >= 0 (0.6 in the paper).
+    pad_id: written after EOS in the returned sequences.
+
+  Returns:
+    (sequences int32 (B, K, L) without BOS, best first, padded with `pad_id` after EOS;
+     scores float32 (B, K)). A batch element with no finished hypothesis after L tokens
+     returns its live hypotheses, scored with the penalty of length L.
+  """
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+  if max_decode_len < 1:
+    raise ValueError(f"max_decode_len must be >= 1, got {max_decode_len}")
+  if alpha < 0:
+    raise ValueError(f"alpha must be >= 0 for the early-stopping bound, got {alpha}")
+  b, k, length = batch_size, beam_size, max_decode_len
+  # Only beam 0 is live at the start, so the K identical copies are not all expanded.
+  alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))  # (B, K)
+  state = dict(
+      step=jnp.zeros((), jnp.int32),
+      alive_seqs=jnp.full((b, k, length), pad_id, jnp.int32),
+      alive_logp=alive_logp,
+      finished_seqs=jnp.full((b, k, length), pad_id, jnp.int32),
+      finished_scores=jnp.full((b, k), NEG_INF, jnp.float32),
+      finished_flags=jnp.zeros((b, k), bool),
+      cache=expand_to_beams(cache, k),
+  )
+  max_penalty = length_penalty(length, alpha)
+
+  def cond_fn(s):
+    # The best any live beam can still reach: its log-prob can only fall, and the penalty
+    # divisor is largest at length L.
+    best_alive = s["alive_logp"][:, 0] / max_penalty  # (B,)
+    worst_finished = jnp.where(s["finished_flags"], s["finished_scores"], NEG_INF).min(axis=1)
+    all_full = s["finished_flags"].all(axis=1)
+    done = all_full & (worst_finished >= best_alive)
+    return (s["step"] < length) & ~done.all()
+
+  def body_fn(s):
+    i = s["step"]
+    previous = jax.lax.dynamic_index_in_dim(s["alive_seqs"], jnp.maximum(i - 1, 0), axis=2,
+                                            keepdims=False)  # (B, K)
+    tokens = jnp.where(i == 0, bos_id, previous).reshape(b * k)
+    logits, cache = step_fn(tokens, s["cache"])
+    vocab = logits.shape[-1]
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
+    candidates = (s["alive_logp"][:, :, None] + log_probs).reshape(b, k * vocab)
+    # 2K candidates: each beam contributes at most one EOS, so at least K are not EOS.
+    top_logp, top_index = jax.lax.top_k(candidates, 2 * k)  # (B, 2K)
+    top_beam, top_token = top_index // vocab, top_index % vocab
+    top_seqs = jnp.take_along_axis(s["alive_seqs"], top_beam[:, :, None], axis=1)  # (B,2K,L)
+    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[:, :, None], i, axis=2)
+    is_eos = top_token == eos_id
+    # A hypothesis ends only if its EOS ranks among the K best candidates (as in Hugging Face
+    # transformers), so beam 1 with alpha 0 is exactly greedy decoding. Candidates grown from
+    # the NEG_INF placeholder beams of the first step are not real.
+    ends = is_eos & (jnp.arange(2 * k) < k)[None, :] & (top_logp > NEG_INF / 2)
+
+    # Live beams: the K best candidates that did not just end.
+    alive_logp, alive_pick = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_logp), k)  # (B, K)
+    alive_seqs = jnp.take_along_axis(top_seqs, alive_pick[:, :, None], axis=1)
+    parent = jnp.take_along_axis(top_beam, alive_pick, axis=1)  # (B, K) beam each came from
+    cache = _gather_beams(cache, parent, b, k)
+
+    # Finished: merge the K kept so far with the candidates that just emitted EOS.
+    new_scores = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), NEG_INF)
+    merged_scores = jnp.concatenate([s["finished_scores"], new_scores], axis=1)  # (B, 3K)
+    merged_seqs = jnp.concatenate([s["finished_seqs"], top_seqs], axis=1)
+    merged_flags = jnp.concatenate([s["finished_flags"], ends], axis=1)
+    finished_scores, pick = jax.lax.top_k(merged_scores, k)
+    return dict(
+        step=i + 1,
+        alive_seqs=alive_seqs,
+        alive_logp=alive_logp,
+        finished_seqs=jnp.take_along_axis(merged_seqs, pick[:, :, None], axis=1),
+        finished_scores=finished_scores,
+        finished_flags=jnp.take_along_axis(merged_flags, pick, axis=1),
+        cache=cache,
+    )
+
+  s = jax.lax.while_loop(cond_fn, body_fn, state)
+  any_finished = s["finished_flags"].any(axis=1)  # (B,)
+  sequences = jnp.where(any_finished[:, None, None], s["finished_seqs"], s["alive_seqs"])
+  scores = jnp.where(any_finished[:, None], s["finished_scores"], s["alive_logp"] / max_penalty)
+  return sequences, scores

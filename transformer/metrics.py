@@ -1,0 +1,161 @@
+"""Metric accumulation, BLEU and writers (metrics.jsonl, TensorBoard events, a progress bar).
+
+Steps return metric *sums* and a denominator; `summarize` divides on the host at log time.
+BLEU is sacrebleu's corpus BLEU over detokenized text (Papineni et al., 2002; Post, 2018).
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+import sacrebleu
+import tensorboardX
+import tqdm
+
+
+def accumulate(total: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict:
+  """Adds step metric sums elementwise; stays on device (no host sync)."""
+  if total is None:
+    return dict(new)
+  return {k: total[k] + new[k] for k in new}
+
+
+def summarize(sums: Mapping[str, float | jax.Array], prefix: str) -> dict[str, float]:
+  """Turns metric sums into averages.
+
+  Args:
+    sums: `loss_sum`, `nll_sum`, `accuracy_sum`, `weight_sum` (number of target tokens), and
+      optionally `num_steps`.
+    prefix: e.g. "train" or "eval"; keys come out as "train/loss".
+
+  Returns:
+    `{prefix}/loss` (label-smoothed), `{prefix}/accuracy`, `{prefix}/perplexity`
+    (exp of the unsmoothed per-token negative log-likelihood) and `{prefix}/tokens`.
+  """
+  host = {k: float(np.asarray(v)) for k, v in jax.device_get(dict(sums)).items()}
+  weight = max(host["weight_sum"], 1e-9)
+  nll = host["nll_sum"] / weight
+  return {
+      f"{prefix}/loss": host["loss_sum"] / weight,
+      f"{prefix}/accuracy": host["accuracy_sum"] / weight,
+      f"{prefix}/perplexity": math.exp(min(nll, 700.0)) if math.isfinite(nll) else nll,
+      f"{prefix}/tokens": host["weight_sum"],
+  }
+
+
+def compute_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+  """Corpus BLEU (sacrebleu defaults: 13a tokenization, mixed case) on detokenized text.
+
+  Args:
+    hypotheses: one detokenized translation per sentence.
+    references: one detokenized reference per sentence, same order.
+
+  Returns:
+    BLEU in [0, 100].
+  """
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+  if not hypotheses:
+    raise ValueError("BLEU needs at least one sentence")
+  return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+class MetricWriter:
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files (process 0 only).
+
+  Each `write` appends one JSON object per line, e.g. {"step": 100, "train/loss": 3.1}.
+  TensorBoard events go to `workdir/tensorboard` through tensorboardX (no TensorFlow needed).
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self._enabled = enabled
+    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.tensorboard_dir = os.path.join(workdir, "tensorboard")
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+      self._tb = tensorboardX.SummaryWriter(self.tensorboard_dir)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Records `scalars` at `step`; non-finite values are written as strings in JSON."""
+    if not self._enabled:
+      return
+    record = {"step": int(step)}
+    for key, value in scalars.items():
+      value = float(value)
+      record[key] = value if math.isfinite(value) else str(value)
+      self._tb.add_scalar(key, value, int(step))
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._jsonl.close()
+      self._tb.close()
+      self._enabled = False
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Reads a metrics.jsonl file back as a list of dicts."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class ProgressBar:
+  """A tqdm bar showing step, loss, learning rate, tokens/s and ETA (process 0 only)."""
+
+  def __init__(self, initial_step: int, total_steps: int, enabled: bool = True):
+    self._bar = None
+    self._last_time = time.perf_counter()
+    if enabled:
+      self._bar = tqdm.tqdm(
+          total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
+          file=sys.stderr, mininterval=1.0, smoothing=0.1,
+      )
+
+  def advance(self, step: int) -> None:
+    """Moves the bar to `step` steps done (cheap: no device sync)."""
+    if self._bar is not None and step > self._bar.n:
+      self._bar.update(step - self._bar.n)
+
+  def update(self, step: int, loss: float, learning_rate: float, tokens: float) -> float:
+    """Moves the bar to `step` (steps done) and shows the latest figures.
+
+    Args:
+      step: number of steps completed.
+      loss: mean training loss since the last update.
+      learning_rate: current learning rate.
+      tokens: target tokens processed since the last update.
+
+    Returns:
+      Tokens per second since the last update.
+    """
+    now = time.perf_counter()
+    elapsed = max(now - self._last_time, 1e-9)
+    tokens_per_second = tokens / elapsed
+    self._last_time = now
+    self.advance(step)
+    if self._bar is not None:
+      self._bar.set_postfix(
+          loss=f"{loss:.3f}", lr=f"{learning_rate:.2e}", tok_s=f"{tokens_per_second:,.0f}",
+          refresh=False,
+      )
+    return tokens_per_second
+
+  def write(self, message: str) -> None:
+    """Prints a line without breaking the bar."""
+    if self._bar is not None:
+      self._bar.write(message, file=sys.stderr)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None

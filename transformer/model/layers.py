@@ -1,0 +1,230 @@
+"""Building blocks of "Attention Is All You Need" (Vaswani et al., 2017): embeddings (section 3.4),
+positional encodings (3.5), the position-wise feed-forward network (3.3) and layer norm.
+
+Every parameter carries logical axis names (`out_sharding` metadata) for `transformer.sharding`.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Initializer = jax.nn.initializers.Initializer
+
+
+def make_param(
+    rngs: nnx.Rngs,
+    init: Initializer,
+    shape: Sequence[int],
+    axes: Sequence[str | None],
+    param_dtype: jnp.dtype,
+) -> nnx.Param:
+  """Creates a parameter tagged with logical axis names.
+
+  `eager_sharding=False` keeps construction mesh-free: the names are metadata only, read by
+  `nnx.get_partition_spec` when the training program builds shardings.
+
+  Args:
+    rngs: random streams; the `params` stream initializes the value.
+    init: initializer `(key, shape, dtype) -> array`.
+    shape: the parameter shape.
+    axes: one logical axis name (or None) per dimension.
+    param_dtype: storage dtype.
+
+  Returns:
+    An `nnx.Param` with `out_sharding=tuple(axes)` metadata.
+  """
+  if len(shape) != len(axes):
+    raise ValueError(f"shape {tuple(shape)} and axes {tuple(axes)} differ in length")
+  value = init(rngs.params(), tuple(shape), param_dtype)
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class Embedding(nnx.Module):
+  """Token embedding scaled by sqrt(D) (section 3.4), reusable as the tied output projection."""
+
+  def __init__(
+      self,
+      vocab_size: int,
+      embed_dim: int,
+      *,
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    """Builds a (V, D) table.
+
+    Args:
+      vocab_size: V.
+      embed_dim: D.
+      dtype: compute dtype of the returned embeddings.
+      param_dtype: storage dtype.
+      rngs: random streams for initialization.
+    """
+    self.embed_dim = embed_dim
+    self.dtype = dtype
+    # stddev D^-1/2 so that the sqrt(D)-scaled embeddings start with unit variance.
+    init = jax.nn.initializers.normal(stddev=embed_dim**-0.5)
+    self.table = make_param(rngs, init, (vocab_size, embed_dim), ("vocab", "embed"), param_dtype)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """Looks up `ids` (B, T) int and returns embeddings * sqrt(D), shape (B, T, D), `dtype`."""
+    table = self.table[...]
+    x = jnp.take(table, ids, axis=0)
+    return (x * jnp.sqrt(jnp.asarray(self.embed_dim, table.dtype))).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Tied output projection: (B, T, D) -> float32 logits (B, T, V) = x @ table^T."""
+    table = self.table[...].astype(self.dtype)
+    return jnp.einsum("btd,vd->btv", x.astype(self.dtype), table,
+                      preferred_element_type=jnp.float32)
+
+
+@functools.cache
+def sinusoidal_table(max_len: int, embed_dim: int) -> np.ndarray:
+  """The paper's encoding, computed once per (max_len, D) in float64 and stored as float32.
+
+  PE(pos, 2i) = sin(pos / 10000^(2i/D)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/D)).
+
+  Args:
+    max_len: number of positions L.
+    embed_dim: D (even).
+
+  Returns:
+    A read-only float32 numpy array of shape (L, D).
+  """
+  positions = np.arange(max_len, dtype=np.float64)[:, None]  # (L, 1)
+  two_i = np.arange(0, embed_dim, 2, dtype=np.float64)[None, :]  # (1, D/2)
+  angles = positions / np.power(10000.0, two_i / embed_dim)  # (L, D/2)
+  table = np.empty((max_len, embed_dim), dtype=np.float64)
+  table[:, 0::2] = np.sin(angles)
+  table[:, 1::2] = np.cos(angles)
+  table = table.astype(np.float32)
+  table.setflags(write=False)
+  return table
+
+
+class PositionalEncoding(nnx.Module):
+  """Sinusoidal (fixed, section 3.5) or learned (table of L x D parameters) position vectors."""
+
+  def __init__(
+      self,
+      kind: str,
+      max_len: int,
+      embed_dim: int,
+      *,
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    """Builds the encoding.
+
+    Args:
+      kind: "sinusoidal" or "learned".
+      max_len: L, positions must lie in [0, L).
+      embed_dim: D.
+      dtype: compute dtype of the result.
+      param_dtype: storage dtype of a learned table.
+      rngs: random streams (used by "learned").
+    """
+    if kind not in ("sinusoidal", "learned"):
+      raise ValueError(f"position encoding must be 'sinusoidal' or 'learned', got {kind!r}")
+    self.kind = kind
+    self.max_len = max_len
+    self.embed_dim = embed_dim
+    self.dtype = dtype
+    if kind == "learned":
+      init = jax.nn.initializers.normal(stddev=0.02)
+      # The position axis is left unnamed (replicated): the table is small.
+      self.table = make_param(rngs, init, (max_len, embed_dim), (None, "embed"), param_dtype)
+
+  def __call__(self, positions: jax.Array) -> jax.Array:
+    """Returns the vectors for `positions` (B, T) int, shape (B, T, D), `dtype`."""
+    if self.kind == "sinusoidal":
+      table = jnp.asarray(sinusoidal_table(self.max_len, self.embed_dim))
+    else:
+      table = self.table[...]
+    return jnp.take(table, positions, axis=0).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """Layer normalization over the last axis, computed in float32 (Ba et al., 2016)."""
+
+  def __init__(
+      self,
+      dim: int,
+      *,
+      epsilon: float = 1e-6,
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    """Builds scale and bias of shape (D,).
+
+    Args:
+      dim: D.
+      epsilon: added to the variance.
+      dtype: dtype of the result.
+      param_dtype: storage dtype.
+      rngs: random streams.
+    """
+    self.epsilon = epsilon
+    self.dtype = dtype
+    self.scale = make_param(rngs, jax.nn.initializers.ones, (dim,), ("embed",), param_dtype)
+    self.bias = make_param(rngs, jax.nn.initializers.zeros, (dim,), ("embed",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Normalizes x (..., D) and returns the same shape in `dtype`."""
+    # float32 statistics: bf16 variance of wide activations loses too many bits.
+    x = x.astype(jnp.float32)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = jnp.square(x - mean).mean(axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class FeedForward(nnx.Module):
+  """Position-wise feed-forward network FFN(x) = act(x W1 + b1) W2 + b2 (section 3.3)."""
+
+  def __init__(
+      self,
+      embed_dim: int,
+      hidden_dim: int,
+      *,
+      activation: str = "relu",
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    """Builds W1 (D, F), b1 (F,), W2 (F, D), b2 (D,).
+
+    Args:
+      embed_dim: D.
+      hidden_dim: F.
+      activation: "relu" (paper) or "gelu".
+      dtype: compute dtype.
+      param_dtype: storage dtype.
+      rngs: random streams.
+    """
+    if activation not in ("relu", "gelu"):
+      raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+    self.activation = activation
+    self.dtype = dtype
+    xavier = jax.nn.initializers.xavier_uniform()
+    zeros = jax.nn.initializers.zeros
+    self.w1 = make_param(rngs, xavier, (embed_dim, hidden_dim), ("embed", "mlp"), param_dtype)
+    self.b1 = make_param(rngs, zeros, (hidden_dim,), ("mlp",), param_dtype)
+    self.w2 = make_param(rngs, xavier, (hidden_dim, embed_dim), ("mlp", "embed"), param_dtype)
+    self.b2 = make_param(rngs, zeros, (embed_dim,), ("embed",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps x (B, T, D) to (B, T, D) in `dtype`."""
+    dt = self.dtype
+    h = jnp.einsum("btd,df->btf", x.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
+    # approximate=False: exact erf GELU, as in torch's default.
+    h = jax.nn.relu(h) if self.activation == "relu" else jax.nn.gelu(h, approximate=False)
+    return jnp.einsum("btf,fd->btd", h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)

@@ -1,0 +1,427 @@
+"""`train_and_evaluate(config, workdir)`: the training program of the Transformer
+(Vaswani et al., 2017): wiring and cadence only; the work happens in the modules it calls.
+
+A run directory holds config.json, sentencepiece.model, checkpoints/, metrics.jsonl,
+tensorboard/, hypotheses/ and summary.json. Rerunning with the same workdir resumes.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from transformer import checkpointing
+from transformer import data as data_lib
+from transformer import metrics as metrics_lib
+from transformer import model as model_lib
+from transformer import sharding
+from transformer.training import builder
+from transformer.training import evaluation
+from transformer.training import optimizers
+from transformer.training import run_config
+from transformer.training import state as state_lib
+
+
+class TrainingError(Exception):
+  """A run cannot start or continue; the message says why and what to do."""
+
+
+class NonFiniteLossError(TrainingError, FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """All config sections as typed objects (converted once, at the boundary)."""
+
+  model: dict  # Fields of TransformerConfig (vocabulary and special ids come later).
+  data: data_lib.DataConfig
+  optimizer: optimizers.OptimizerConfig
+  training: run_config.TrainingConfig
+  mesh: sharding.MeshConfig
+  decoding: run_config.DecodingConfig
+
+
+def parse_config(config: ml_collections.ConfigDict | dict) -> RunConfig:
+  """Converts a ConfigDict into typed sections; errors list the valid fields of a section."""
+  config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  expected = {"model", "data", "optimizer", "training", "mesh", "decoding"}
+  if set(config) != expected:
+    raise TrainingError(
+        f"config sections must be {sorted(expected)}; got {sorted(config)} "
+        f"(unknown: {sorted(set(config) - expected)}, missing: {sorted(expected - set(config))})"
+    )
+  try:
+    model_fields = dict(config["model"])
+    reserved = {"vocab_size", "input_vocab_size", "pad_id", "bos_id", "eos_id"} & set(model_fields)
+    if reserved:
+      raise ValueError(
+          f"config.model must not set {sorted(reserved)}: vocabulary size and special ids come "
+          "from the tokenizer (set config.data.vocab_size instead)"
+      )
+    # Validate the model fields now, with a placeholder vocabulary.
+    builder.make_model_config(model_fields, vocab_size=8, pad_id=0, bos_id=2, eos_id=3)
+  except TypeError as e:
+    valid = [f.name for f in dataclasses.fields(model_lib.TransformerConfig)]
+    raise TrainingError(f"config.model: {e}. Valid fields of config.model: {', '.join(valid)}")
+  except ValueError as e:
+    raise TrainingError(f"config.model: {e}") from e
+  try:
+    run = RunConfig(
+        model=model_fields,
+        data=run_config.to_dataclass(data_lib.DataConfig, config["data"], "data"),
+        optimizer=run_config.to_dataclass(optimizers.OptimizerConfig, config["optimizer"],
+                                          "optimizer"),
+        training=run_config.to_dataclass(run_config.TrainingConfig, config["training"],
+                                         "training"),
+        mesh=run_config.to_dataclass(sharding.MeshConfig, config["mesh"], "mesh"),
+        decoding=run_config.to_dataclass(run_config.DecodingConfig, config["decoding"],
+                                         "decoding"),
+    )
+  except ValueError as e:
+    raise TrainingError(str(e)) from e
+  builder.check_task(run.training.task)
+  if run.model["max_len"] < run.data.max_len:
+    raise TrainingError(
+        f"model.max_len={run.model['max_len']} is smaller than data.max_len={run.data.max_len}: "
+        "the model could not embed every position"
+    )
+  return run
+
+
+class _StopSignal:
+  """Records SIGTERM / SIGINT so the loop can checkpoint and stop between steps."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+    self.received = signal.Signals(signum).name
+    logging.warning("Received %s: saving a checkpoint and stopping after this step.",
+                    self.received)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+
+def _check_workdir(workdir: str, config_dict: dict,
+                   checkpointer: checkpointing.Checkpointer) -> None:
+  """Refuses to continue a workdir whose saved config has another model/data shape."""
+  saved = checkpointing.read_config_json(workdir)
+  if saved is None and checkpointer.all_steps():
+    saved = checkpointer.saved_config()
+  if saved is None:
+    return
+  try:
+    checkpointing.check_compatible(saved, config_dict, workdir)
+  except checkpointing.IncompatibleCheckpointError as e:
+    raise TrainingError(str(e)) from e
+
+
+def _best_so_far(jsonl_path: str, metric: str, up_to_step: int) -> tuple[float, int] | None:
+  """(value, step) of the best `metric` already in metrics.jsonl (for resumed runs)."""
+  if not os.path.exists(jsonl_path):
+    return None
+  best = None
+  for record in metrics_lib.read_jsonl(jsonl_path):
+    value = record.get(metric)
+    if not isinstance(value, (int, float)) or record["step"] > up_to_step:
+      continue
+    if best is None or (value < best[0] if checkpointing.is_lower_better(metric)
+                        else value > best[0]):
+      best = (value, record["step"])
+  return best
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+class _Run:
+  """State of one call of `train_and_evaluate` (kept out of module globals)."""
+
+  def __init__(self, config: ml_collections.ConfigDict | dict, workdir: str):
+    self.config_dict = (
+        config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    )
+    self.cfg = parse_config(self.config_dict)
+    self.workdir = os.path.abspath(workdir)
+    self.is_main = jax.process_index() == 0
+    self.training = self.cfg.training
+    self.task = self.training.task
+    self.writer = None  # Set by build().
+    self.checkpointer = None  # Set by build().
+
+  def build(self):
+    """Mesh, tokenizer, model, state, data, checkpoints; resumes when possible."""
+    cfg, workdir = self.cfg, self.workdir
+    self.checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=self.training.max_checkpoints_to_keep,
+        best_metric=self.training.best_metric,
+        async_save=self.training.async_checkpointing,
+    )
+    _check_workdir(workdir, self.config_dict, self.checkpointer)
+    checkpointing.write_config_json(workdir, self.config_dict)
+    self.mesh = sharding.make_mesh(cfg.mesh)
+    self.num_data_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    logging.info("Mesh %s over %d devices (%s).", dict(self.mesh.shape), self.mesh.size,
+                 jax.devices()[0].platform)
+    data_kwargs = dict(task=self.task, process_index=jax.process_index(),
+                       process_count=jax.process_count(), num_data_shards=self.num_data_shards)
+    try:
+      self.tokenizer = data_lib.get_tokenizer(cfg.data, workdir, task=self.task)
+      self.train_iter = data_lib.make_train_iterator(cfg.data, self.tokenizer, **data_kwargs)
+      self.eval_data = data_lib.make_eval_dataset(cfg.data, self.tokenizer, "validation",
+                                                  **data_kwargs)
+    except (ValueError, OSError) as e:
+      raise TrainingError(f"cannot build the data pipeline of {cfg.data.dataset!r}: {e}") from e
+    self.data_kwargs = data_kwargs
+    model_config = builder.make_model_config(
+        cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=self.tokenizer.pad_id,
+        bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
+    )
+    self.setup = builder.make_train_setup(
+        task=self.task, model_config=model_config, optimizer_config=cfg.optimizer,
+        num_train_steps=self.training.num_train_steps,
+        label_smoothing=self.training.label_smoothing, seed=self.training.seed, mesh=self.mesh,
+    )
+    counts = state_lib.count_params(self.setup.abstract_state.params)
+    logging.info("Model %s, vocabulary %d, parameters: %s", self.task,
+                 self.tokenizer.vocab_size, {k: f"{v:,}" for k, v in counts.items()})
+    self.num_params = counts["total"]
+    try:
+      state, step = self.checkpointer.restore(
+          self.setup.abstract_state_with_shardings(), data_iterator=self.train_iter
+      )
+    except checkpointing.UnreadableCheckpointError as e:
+      raise TrainingError(f"{e}. Use a new --workdir to start afresh.") from e
+    if state is None:
+      logging.info("No checkpoint in %s: starting from step 0 (seed %d).", workdir,
+                   self.training.seed)
+      state = self.setup.init_state()
+    else:
+      logging.info("Resumed from the checkpoint at step %d.", step)
+    self.state = state
+    self.start_step = int(jax.device_get(state.step))
+    self.last_good_step = self.checkpointer.latest_step()
+    self.translator = None
+    if self.task == "translation":
+      self.translator = evaluation.Translator.create(
+          self.setup, beam_size=cfg.decoding.beam_size, alpha=cfg.decoding.length_penalty,
+          max_decode_len=cfg.data.max_len + cfg.decoding.max_extra_length,
+      )
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=self.is_main)
+    self.best = _best_so_far(self.writer.jsonl_path, self.training.best_metric, self.start_step)
+
+  def _save(self, step: int, metrics: dict | None = None) -> None:
+    started = self.checkpointer.save(
+        step, self.state, data_iterator=self.train_iter, config=self.config_dict,
+        metrics=metrics,
+    )
+    if started:
+      self.last_good_step = step
+
+  def _check_finite(self, sums: dict | None, step: int) -> None:
+    """Raises NonFiniteLossError if a loss or gradient since the last check was NaN or inf."""
+    if sums is None:
+      return
+    loss = float(jax.device_get(sums["loss_sum"]))
+    grad = float(jax.device_get(sums["grad_norm_sum"]))
+    if math.isfinite(loss) and math.isfinite(grad):
+      self.verified_step = step
+      return
+    self.checkpointer.wait()
+    last = self.last_good_step
+    first = self.verified_step + 1
+    where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+    raise NonFiniteLossError(
+        f"training loss became {'non-finite' if math.isfinite(loss) else loss} (gradient norm "
+        f"{grad}) {where}; training stopped. "
+        + (f"The last good checkpoint is step {last} in {self.checkpointer.directory} "
+           "(nothing later was saved)." if last is not None else "No checkpoint was saved.")
+        + " Try a lower optimizer.learning_rate, a longer optimizer.warmup_steps, "
+        "optimizer.grad_clip_norm=1.0, or model.dtype='float32'."
+    )
+
+  def _evaluate(self, step: int, with_bleu: bool) -> dict[str, float]:
+    results = evaluation.evaluate_loss(self.setup, self.state, self.eval_data)
+    if with_bleu:
+      start = time.perf_counter()
+      bleu, _ = evaluation.evaluate_bleu(
+          self.translator, self.state, self.eval_data, self.tokenizer,
+          num_examples=self.training.bleu_num_examples,
+          output_path=os.path.join(self.workdir, "hypotheses", f"validation_step{step}.txt"),
+      )
+      results["eval/bleu"] = bleu
+      results["eval/bleu_seconds"] = time.perf_counter() - start
+    metric = self.training.best_metric
+    if metric in results:
+      value = results[metric]
+      better = self.best is None or (
+          value < self.best[0] if checkpointing.is_lower_better(metric) else value > self.best[0])
+      if better:
+        self.best = (value, step)
+    return results
+
+  def train(self) -> dict:
+    """The step loop; returns the summary."""
+    training = self.training
+    last = training.num_train_steps
+    step = self.start_step
+    start_time = time.perf_counter()
+    bar = metrics_lib.ProgressBar(step, last, enabled=self.is_main)
+    sums, window_time, stopped_by = None, start_time, None
+    self.verified_step = step
+    try:
+      with _StopSignal() as stop:
+        while step < last:
+          batch = sharding.make_global_batch(next(self.train_iter), self.mesh)
+          self.state, step_metrics = self.setup.train_step(self.state, batch)
+          sums = metrics_lib.accumulate(sums, step_metrics)
+          step += 1
+          bar.advance(step)
+          log_due = _is_due(step, training.log_every_steps, last)
+          eval_due = _is_due(step, training.eval_every_steps, last)
+          bleu_due = (self.translator is not None and training.bleu_every_steps > 0
+                      and _is_due(step, training.bleu_every_steps, last))
+          save_due = _is_due(step, training.checkpoint_every_steps, last) or bleu_due
+          if stop.received or log_due or save_due or eval_due:
+            self._check_finite(sums, step)
+          if log_due or stop.received:
+            train = metrics_lib.summarize(sums, "train")
+            num_steps = float(jax.device_get(sums["num_steps"]))
+            train["train/grad_norm"] = float(jax.device_get(sums["grad_norm_sum"])) / num_steps
+            train["train/learning_rate"] = optimizers.learning_rate_at(
+                self.cfg.optimizer, self.setup.schedule, step - 1)
+            train["train/tokens_per_second"] = bar.update(
+                step, train["train/loss"], train["train/learning_rate"], train["train/tokens"])
+            now = time.perf_counter()
+            train["train/steps_per_second"] = num_steps / max(now - window_time, 1e-9)
+            window_time = now
+            del train["train/tokens"]
+            self.writer.write(step, train)
+            sums = None
+          results = None
+          if eval_due or bleu_due:
+            results = self._evaluate(step, with_bleu=bleu_due)
+            self.writer.write(step, results)
+            bar.write(f"step {step}: " + ", ".join(
+                f"{k.split('/')[-1]} {v:.4g}" for k, v in results.items()
+                if not k.endswith("seconds") and not k.endswith("tokens")))
+          if save_due or stop.received:
+            self._save(step, results if results and training.best_metric in results else None)
+          if stop.received:
+            stopped_by = stop.received
+            break
+    finally:
+      bar.close()
+    self.checkpointer.wait()
+    return self._finish(step, time.perf_counter() - start_time, stopped_by)
+
+  def _finish(self, step: int, seconds: float, stopped_by: str | None) -> dict:
+    """Final test evaluation (averaged checkpoints), summary.json and a short report."""
+    training = self.training
+    summary = {
+        "workdir": self.workdir,
+        "task": self.task,
+        "start_step": self.start_step,
+        "final_step": step,
+        "steps_this_run": step - self.start_step,
+        "seconds_this_run": round(seconds, 1),
+        "num_params": self.num_params,
+        "stopped_by": stopped_by,
+        "best_metric": training.best_metric,
+        "best_value": self.best[0] if self.best else None,
+        "best_step": self.best[1] if self.best else None,
+        "checkpoints": os.path.join(self.workdir, "checkpoints"),
+        "checkpoint_steps": self.checkpointer.all_steps(),
+        "metrics_jsonl": self.writer.jsonl_path,
+        "tensorboard": self.writer.tensorboard_dir,
+    }
+    if stopped_by is None and training.test_split:
+      summary.update(self._test(step))
+    self.writer.close()
+    if self.is_main:
+      with open(os.path.join(self.workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+      lines = [f"{k}: {v}" for k, v in summary.items()]
+      print("\n".join(["", "Run summary"] + [f"  {line}" for line in lines]), flush=True)
+    return summary
+
+  def close(self) -> None:
+    """Waits for pending checkpoint writes and closes files (also after an error)."""
+    if self.writer is not None:
+      self.writer.close()
+    if self.checkpointer is not None:
+      self.checkpointer.close()
+
+  def _test(self, step: int) -> dict:
+    """Loss (and BLEU for translation) on the test split with the last k checkpoints averaged."""
+    training = self.training
+    steps = self.checkpointer.all_steps()
+    k = min(training.average_last_k, len(steps))
+    if k < training.average_last_k:
+      logging.warning("average_last_k=%d but only %d checkpoints exist; averaging %d.",
+                      training.average_last_k, len(steps), k)
+    state, averaged = self.state, [step]
+    if k > 1:
+      state, averaged = self.checkpointer.average_last_k(
+          k, self.setup.abstract_state_with_shardings())
+    test_data = data_lib.make_eval_dataset(self.cfg.data, self.tokenizer, training.test_split,
+                                           **self.data_kwargs)
+    results = evaluation.evaluate_loss(self.setup, state, test_data)
+    results = {k.replace("eval/", "test/"): v for k, v in results.items()}
+    out = {"test_averaged_steps": averaged}
+    if self.translator is not None:
+      path = os.path.join(self.workdir, "hypotheses", f"{training.test_split}_step{step}.txt")
+      bleu, _ = evaluation.evaluate_bleu(self.translator, state, test_data, self.tokenizer,
+                                         output_path=path)
+      results["test/bleu"] = bleu
+      out["test_hypotheses"] = path
+    self.writer.write(step, results)
+    out.update(results)
+    return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict:
+  """Trains (or resumes) a run in `workdir`, evaluating and checkpointing on the way.
+
+  Args:
+    config: the run config (sections model, data, optimizer, training, mesh, decoding; see
+      configs/default.py).
+    workdir: the run directory; created if missing, resumed if it holds a compatible run.
+
+  Returns:
+    The summary dict (also written to `workdir/summary.json`).
+
+  Raises:
+    TrainingError: bad config, incompatible workdir, or a non-finite loss (the message says
+      what to do).
+  """
+  run = _Run(config, workdir)
+  try:
+    run.build()
+    return run.train()
+  finally:
+    run.close()

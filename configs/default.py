@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.target_lang = "en"  # Target language code.
   # (placeholder(str): None by default, still overridable with --config.data.manual_dir=DIR.)
   data.manual_dir = placeholder(str)  # Dir with the raw files (tfds manual dir); None downloads.
-  data.data_dir = placeholder(str)  # tfds data dir of prepared datasets; None = ~/tensorflow_datasets.
+  data.data_dir = placeholder(str)  # tfds dir of prepared datasets; None: ~/tensorflow_datasets.
   data.vocab_size = 8000  # SentencePiece vocabulary size shared by source and target.
   data.max_len = 64  # Max tokens per side per example (EOS included).
   data.overlong = "drop"  # Longer training examples: "drop" or "truncate".
@@ -79,14 +79,14 @@ def get_config() -> ml_collections.ConfigDict:
   training.label_smoothing = 0.1  # Label smoothing epsilon_ls (section 5.4).
   training.log_every_steps = 100  # Train metrics to metrics.jsonl / TensorBoard.
   training.eval_every_steps = 1000  # Validation loss, accuracy, perplexity.
-  training.bleu_every_steps = 5000  # Validation BLEU by beam search (and at the last step); 0 = never.
+  training.bleu_every_steps = 5000  # Validation BLEU (beam search), also at the end; 0 = never.
   training.bleu_num_examples = 0  # Validation sentences decoded for BLEU; 0 = all.
   training.checkpoint_every_steps = 1000  # Checkpoint cadence (also at BLEU evals and exit).
   training.max_checkpoints_to_keep = 3  # Most recent checkpoints kept (plus the best).
   training.best_metric = "eval/bleu"  # Metric of the kept best checkpoint (loss: lower wins).
   training.async_checkpointing = True  # Write checkpoints in the background.
   training.average_last_k = 1  # Test BLEU with params averaged over the last k checkpoints.
-  training.test_split = "test"  # Split of the final BLEU evaluation; "" skips it.
+  training.test_split = "test"  # Final evaluation split (loss; BLEU for translation); "" skips.
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; one may be -1 ("the rest").
   config.mesh = mesh = ml_collections.ConfigDict()

@@ -18,5 +18,4 @@ def get_config():
   config.model.num_decoder_layers = 3
   config.training.best_metric = "eval/loss"
   config.training.bleu_every_steps = 0
-  config.training.test_split = ""
   return config

@@ -19,5 +19,4 @@ def get_config():
   config.training.label_smoothing = 0.0
   config.training.best_metric = "eval/loss"
   config.training.bleu_every_steps = 0
-  config.training.test_split = ""
   return config

@@ -1,28 +1,32 @@
 """The Colab notebooks run top to bottom on CPU with small settings and draw their plots.
 
 Each notebook runs in a Jupyter kernel started from this interpreter (`sys.executable`), with
-notebooks/ as the working directory and the environment of the tests (8 emulated CPU devices,
-see conftest.py) plus TRANSFORMER_NOTEBOOK_SMALL=1. Cells tagged "plot" must display a PNG.
+notebooks/ as the working directory, TRANSFORMER_NOTEBOOK_SMALL=1, and as many emulated CPU
+devices as it is meant to show: one (a plain CPU runtime) for the training walk-throughs, eight
+(like a TPU v2-8 / v3-8) for research_api's sharded step. Cells tagged "plot" must display a PNG.
 """
 
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 
 import nbclient
 import nbformat
 import pytest
+from nbclient import exceptions as nbclient_exceptions
 from jupyter_client import kernelspec
 from jupyter_client import manager
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
-# Notebook -> the fewest "plot" cells it must have (so that a lost tag cannot hide a plot).
+# Notebook -> (the fewest "plot" cells it must have, so that a lost tag cannot hide a plot;
+# the number of CPU devices its kernel sees).
 NOTEBOOKS = {
-    "quickstart.ipynb": 2,
-    "attention_explained.ipynb": 11,
-    "research_api.ipynb": 2,
+    "quickstart.ipynb": (2, 1),
+    "attention_explained.ipynb": (11, 1),
+    "research_api.ipynb": (2, 8),
 }
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "transformer-notebook-test"
@@ -71,17 +75,28 @@ def test_committed_without_outputs(name):
   dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
            and (c.outputs or c.execution_count is not None)]
   assert not dirty, f"{name}: cells {dirty} have outputs; clear them before committing"
-  assert len(_plot_cells(nb)) >= NOTEBOOKS[name], f"{name}: plot cells lost their 'plot' tag"
+  assert len(_plot_cells(nb)) >= NOTEBOOKS[name][0], f"{name}: plot cells lost their 'plot' tag"
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_runs_and_plots(name, kernel_spec_manager, tmp_path, monkeypatch):
+  num_devices = NOTEBOOKS[name][1]
+  xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                     os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setenv("XLA_FLAGS",
+                     f"{xla_flags} --xla_force_host_platform_device_count={num_devices}".strip())
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("TRANSFORMER_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # Run directories the notebooks create.
   monkeypatch.delenv("MPLBACKEND", raising=False)  # Keep the inline backend (PNG outputs).
   nb = _read(name)
-  # A first cell, added here only, that reports which interpreter runs the kernel.
+  # Cells added here only: which interpreter runs the kernel; at the end, the CPU time it used
+  # and whether the setup cell decided to pip-install (it must not: the package is installed).
   nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable, end='')"))
+  nb.cells.append(nbformat.v4.new_code_cell(
+      "import json, resource; usage = resource.getrusage(resource.RUSAGE_SELF); "
+      "print(json.dumps({'cpu': usage.ru_utime + usage.ru_stime, "
+      "'needs_install': needs_install}), end='')"))
   km = manager.KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager)
   client = nbclient.NotebookClient(
       nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
@@ -89,15 +104,18 @@ def test_notebook_runs_and_plots(name, kernel_spec_manager, tmp_path, monkeypatc
   start = time.perf_counter()
   try:
     client.execute()
-  except nbclient.exceptions.CellExecutionError as e:
+  except nbclient_exceptions.CellExecutionError as e:
     pytest.fail(f"{name} failed after {time.perf_counter() - start:.0f} s:\n{e}")
-  print(f"{name}: {time.perf_counter() - start:.1f} s")
-  nbformat.write(nb, tmp_path / name)  # Executed copy, for a look after a failure.
+  finally:
+    nbformat.write(nb, tmp_path / name)  # The executed copy, to look at after a failure.
+  report = json.loads(nb.cells[-1].outputs[0].text)
+  print(f"{name}: {time.perf_counter() - start:.1f} s wall, kernel CPU {report['cpu']:.1f} s")
   assert not _errors(nb)
+  assert report["needs_install"] is False, "the setup cell reinstalled an installed package"
   probe, setup = [c for c in nb.cells if c.cell_type == "code"][:2]
   assert probe.outputs[0].text == sys.executable
   setup_output = "".join(out.get("text", "") for out in setup.outputs)
-  assert "devices: [CpuDevice(id=0)" in setup_output, setup_output
+  assert f"CpuDevice(id={num_devices - 1})]" in setup_output, setup_output
   missing = [i for i, c in enumerate(nb.cells)
              if "plot" in c.metadata.get("tags", []) and _images(c) == 0]
   assert not missing, f"{name}: plot cells {missing} displayed no PNG image"

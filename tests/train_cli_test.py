@@ -27,9 +27,29 @@ TINY_COPY = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One JAX persistent compilation cache for the subprocesses of this module: the restarted
+  and the uninterrupted runs compile identical programs, so later processes load them."""
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  _ENV.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  yield
+  for key in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+    _ENV.pop(key)
+
+
+# Subprocesses see one CPU device (conftest emulates 8 for this process): programs compile
+# faster, and training and translation then share one mesh and one compilation cache.
+_ENV = dict(os.environ, XLA_FLAGS=" ".join(
+    f for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")))
+
+
 def _run(args, timeout=300, **kwargs):
   return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, **kwargs)
+                        timeout=timeout, env=_ENV, **kwargs)
 
 
 def _train_loss_by_step(workdir):
@@ -57,7 +77,8 @@ def test_sigkill_midway_then_restart_matches_uninterrupted_run(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
 
   process = subprocess.Popen([sys.executable, "train.py", f"--workdir={killed}", *args],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             cwd=REPO, env=_ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   marker = os.path.join(killed, "checkpoints", "15", "state", "commit_success.txt")
   while time.time() < deadline and process.poll() is None and not os.path.exists(marker):
@@ -111,6 +132,7 @@ def test_multi30k_end_to_end_then_translate(tmp_path):
       f"--config.data.manual_dir={MULTI30K}", f"--config.data.data_dir={tmp_path / 'tfds'}",
       "--config.training.num_train_steps=30", "--config.training.bleu_every_steps=30",
       "--config.training.checkpoint_every_steps=10", "--config.training.test_split=",
+      "--config.data.packing=True",  # One batch shape: one compilation.
   ], timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]

@@ -106,7 +106,8 @@ class Checkpointer:
       best_metric: metric (passed to `save`) whose best checkpoint is also kept; higher is
         better unless the name ends in 'loss' or 'perplexity'. None keeps only the latest.
       async_save: write in a background thread; `wait` blocks until written.
-      corrupt_dir: where unreadable checkpoints are moved; default `<directory>/../corrupt_checkpoints`.
+      corrupt_dir: where unreadable checkpoints are moved; default
+        `<directory>/../corrupt_checkpoints`.
     """
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
@@ -124,7 +125,9 @@ class Checkpointer:
         return sign * float(metrics[best_metric])
 
       policies.append(
-          checkpoint_managers.BestN(get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False)
+          checkpoint_managers.BestN(
+              get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False
+          )
       )
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn,
@@ -214,7 +217,8 @@ class Checkpointer:
       try:
         state = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # Any read failure means "this checkpoint is unusable".
-        failures.append((candidate, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        failures.append((candidate, f"{type(e).__name__}: {first_line}"))
         continue
       for bad_step, reason in failures:
         moved_to = self._move_aside(bad_step)
@@ -253,7 +257,10 @@ class Checkpointer:
     path = os.path.join(self.directory, str(step), "config")
     if not os.path.isdir(path):
       return None
-    return dict(self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+    )
+    return dict(restored["config"])
 
   def average_last_k(self, k: int, abstract_state) -> tuple[object, list[int]]:
     """Parameters averaged over the last k checkpoints (Vaswani et al., 2017, section 6.1).

@@ -121,6 +121,11 @@ class ProgressBar:
           file=sys.stderr, mininterval=1.0, smoothing=0.1,
       )
 
+  def reset_clock(self) -> float:
+    """Restarts the tokens/s clock (after an evaluation); returns the time now."""
+    self._last_time = time.perf_counter()
+    return self._last_time
+
   def advance(self, step: int) -> None:
     """Moves the bar to `step` steps done (cheap: no device sync)."""
     if self._bar is not None and step > self._bar.n:

@@ -21,12 +21,10 @@ def setups():
   return eight, one
 
 
-def _trained_state(setup, steps=1):
+def _perturbed_state(setup):
+  """The initial state with every float (parameters, Adam moments) moved off its init value."""
   state = setup.init_state()
-  for seed in range(steps):
-    batch = sharding.make_global_batch(training_helpers.make_batch(seed), setup.mesh)
-    state, _ = setup.train_step(state, batch)
-  return state
+  return jax.tree.map(lambda x: x + 0.5 if x.dtype.kind == "f" else x, state)
 
 
 def _assert_same(a, b):
@@ -36,7 +34,7 @@ def _assert_same(a, b):
 
 def test_round_trip_onto_fewer_devices(tmp_path, setups):
   eight, one = setups
-  state = _trained_state(eight)
+  state = _perturbed_state(eight)
   checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2)
   checkpointer.save(1, state, config={"model": {"d_model": 32}})
   checkpointer.wait()
@@ -97,6 +95,22 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, setups, capl
   assert len(moved) == 1
   assert checkpointer.all_steps() == [1]
   checkpointer.close()
+
+
+def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path, setups):
+  eight, one = setups
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = checkpointing.Checkpointer(directory, max_to_keep=3)
+  checkpointer.save(1, one.init_state())
+  checkpointer.wait()
+  # A model of another shape cannot use this checkpoint: an error, and nothing is moved.
+  other = training_helpers.make_setup(sharding.MeshConfig(), jax.devices()[:1], d_model=64)
+  with pytest.raises(checkpointing.UnreadableCheckpointError, match="nothing was moved"):
+    checkpointer.restore(other.abstract_state_with_shardings())
+  assert checkpointer.all_steps() == [1]
+  assert not os.path.exists(tmp_path / "corrupt_checkpoints")
+  checkpointer.close()
+  del eight
 
 
 def test_config_differences_name_structural_fields_only():

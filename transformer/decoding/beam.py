@@ -43,6 +43,23 @@ def _gather_beams(tree: Any, beam_indices: jax.Array, batch_size: int, old_beams
   return jax.tree.map(gather, tree)
 
 
+def _gather_changed_beams(new_cache: Any, old_cache: Any, beam_indices: jax.Array,
+                          batch_size: int, beam_size: int) -> Any:
+  """`_gather_beams` on the leaves that `step_fn` changed; the others are returned as they are.
+
+  A leaf that the step function passes through untouched (the very same traced value, e.g. the
+  encoder's cross-attention keys and values) still holds K identical copies per batch element,
+  as `expand_to_beams` made it, so gathering beams within the element would be an identity.
+  Skipping it saves copying (B * K, S, N, H) per layer at every step.
+  """
+  def gather(new, old):
+    if new is old:
+      return new
+    return _gather_beams(new, beam_indices, batch_size, beam_size)
+
+  return jax.tree.map(gather, new_cache, old_cache)
+
+
 def beam_search(
     step_fn: StepFn,
     cache: Any,
@@ -133,7 +150,7 @@ def beam_search(
     alive_logp, alive_pick = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_logp), k)  # (B, K)
     alive_seqs = jnp.take_along_axis(top_seqs, alive_pick[:, :, None], axis=1)
     parent = jnp.take_along_axis(top_beam, alive_pick, axis=1)  # (B, K) beam each came from
-    cache = _gather_beams(cache, parent, b, k)
+    cache = _gather_changed_beams(cache, s["cache"], parent, b, k)
 
     # Finished: merge the K kept so far with the candidates that just emitted EOS.
     new_scores = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), NEG_INF)

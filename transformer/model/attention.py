@@ -133,6 +133,36 @@ def dot_product_attention(
   return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
 
 
+def _single_query_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None
+) -> jax.Array:
+  """`dot_product_attention` for one query position (T = 1), as multiply-and-reduce.
+
+  Decoding steps have T = 1, where a dot is a batch of B * N matrix-vector products that XLA
+  on CPU runs as many tiny GEMM calls (cross-attention of a beam-4 step measured ~5x slower; see
+  bench/RESULTS.md). Written elementwise, each product is one fused loop over the keys/values.
+
+  Args:
+    query: (B, 1, N, H).
+    key: (B, S, N, H).
+    value: (B, S, N, H).
+    mask: bool broadcastable to (B, N, 1, S), or None.
+
+  Returns:
+    (B, 1, N, H) in the dtype of `query`.
+  """
+  scale = jnp.float32(1.0 / math.sqrt(query.shape[-1]))
+  q = query[:, 0].astype(jnp.float32) * scale  # (B, N, H)
+  logits = jnp.sum(q[:, None] * key.astype(jnp.float32), axis=-1)  # (B, S, N)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (query.shape[0], query.shape[2], 1, key.shape[1]))
+    logits = jnp.where(jnp.transpose(mask[:, :, 0], (0, 2, 1)), logits,
+                       _mask_value(jnp.float32))  # mask (B, N, S) -> (B, S, N)
+  weights = jax.nn.softmax(logits, axis=1)  # float32 softmax over S, (B, S, N)
+  out = jnp.sum(weights[..., None] * value.astype(jnp.float32), axis=1)  # (B, N, H)
+  return out[:, None].astype(query.dtype)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head attention (section 3.2.2): N heads of width H, then an output projection.
 
@@ -238,8 +268,14 @@ class MultiHeadAttention(nnx.Module):
         if rngs is None:
           raise ValueError("attention dropout with deterministic=False needs rngs with a "
                            "'dropout' stream")
-        weights = nnx.Dropout(self.dropout_rate)(weights, deterministic=False, rngs=rngs)
+        weights = layers.Dropout(self.dropout_rate)(weights, deterministic=False, rngs=rngs)
       out = jnp.einsum("bnts,bsnh->btnh", weights.astype(value.dtype), value)
+    elif query.shape[1] == 1 and self.implementation == "xla":
+      out = _single_query_attention(query, key, value, mask)
+    elif self.implementation == "xla":
+      # The same math as jax.nn.dot_product_attention(implementation="xla") (float32 logits
+      # and softmax) with fewer layout changes; faster CPU train steps (bench/RESULTS.md).
+      out = reference_attention(query, key, value, mask)[0]
     else:
       out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
     dt = self.dtype

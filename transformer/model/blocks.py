@@ -28,7 +28,7 @@ class InputEmbedding(nnx.Module):
     """Wraps an `Embedding` (possibly shared with other stacks) and a `PositionalEncoding`."""
     self.embedding = embedding
     self.positional = positional
-    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout = layers.Dropout(dropout_rate)
 
   def __call__(
       self,
@@ -66,7 +66,7 @@ class ResidualSublayer(nnx.Module):
     self.norm_placement = norm_placement
     self.norm = layers.LayerNorm(
         embed_dim, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout = layers.Dropout(dropout_rate)
 
   def __call__(
       self,

@@ -83,6 +83,71 @@ class Embedding(nnx.Module):
                       preferred_element_type=jnp.float32)
 
 
+def _hash32(x: jax.Array) -> jax.Array:
+  """lowbias32 integer hash (C. Wellons): a bijection on uint32 with strong avalanche."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Uniform uint32 bits of `shape` from a counter-based hash of (key, element index).
+
+  For dropout masks only: two integer hashes per element are several times less integer work
+  than threefry's 20 rounds, which matters on CPU (bench/RESULTS.md); the bits are still a pure
+  function of the key, so replayed keys give the same masks.
+
+  Args:
+    key: a typed PRNG key or raw uint32 key data (e.g. from `nnx.Rngs(...).dropout()`).
+    shape: output shape.
+
+  Returns:
+    uint32 array of `shape`.
+  """
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  words = jnp.ravel(key).astype(jnp.uint32)
+  seed = jnp.uint32(0x9E3779B9)
+  for i in range(words.shape[0]):
+    seed = _hash32(seed ^ words[i])
+  salt = _hash32(seed ^ jnp.uint32(0x85EBCA6B))
+  # Row-major element index, built from per-axis iotas so it partitions like the input.
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, tuple(shape), axis) * jnp.uint32(
+        stride % 2**32)
+    stride *= shape[axis]
+  return _hash32(_hash32(index ^ seed) + salt)
+
+
+class Dropout(nnx.Module):
+  """Inverted dropout (section 5.4) with hash-based masks; keeps no random state.
+
+  Same contract as `nnx.Dropout` as the model uses it: zero each element with probability
+  `rate`, scale the others by 1 / (1 - rate), one fresh key drawn from `rngs.dropout()` per call.
+  """
+
+  def __init__(self, rate: float):
+    """`rate` in [0, 1): probability of zeroing an element."""
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    self.rate = rate
+
+  def __call__(self, x: jax.Array, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Returns x (any shape) unchanged if deterministic, else with dropout applied."""
+    if deterministic or self.rate == 0.0:
+      return x
+    if rngs is None:
+      raise ValueError("dropout with deterministic=False needs rngs with a 'dropout' stream")
+    threshold = min(round(self.rate * 2**32), 2**32 - 1)
+    keep = random_bits(rngs.dropout(), x.shape) >= jnp.uint32(threshold)
+    return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 @functools.cache
 def sinusoidal_table(max_len: int, embed_dim: int) -> np.ndarray:
   """The paper's encoding, computed once per (max_len, D) in float64 and stored as float32.

@@ -6,7 +6,6 @@ tokenizer, and the latest, a given, or the average of the last k checkpoints (Va
 import dataclasses
 import os
 
-import jax
 from absl import logging
 
 from transformer import checkpointing

@@ -14,9 +14,7 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from transformer import checkpointing
@@ -126,10 +124,14 @@ class _StopSignal:
 
 def _check_workdir(workdir: str, config_dict: dict,
                    checkpointer: checkpointing.Checkpointer) -> None:
-  """Refuses to continue a workdir whose saved config has another model/data shape."""
-  saved = checkpointing.read_config_json(workdir)
-  if saved is None and checkpointer.all_steps():
-    saved = checkpointer.saved_config()
+  """Refuses to continue a workdir whose checkpoints come from another model/data shape.
+
+  Without checkpoints there is nothing to protect (a run that failed before its first save may
+  be restarted with any config).
+  """
+  if not checkpointer.all_steps():
+    return
+  saved = checkpointing.read_config_json(workdir) or checkpointer.saved_config()
   if saved is None:
     return
   try:
@@ -329,6 +331,8 @@ class _Run:
             bar.write(f"step {step}: " + ", ".join(
                 f"{k.split('/')[-1]} {v:.4g}" for k, v in results.items()
                 if not k.endswith("seconds") and not k.endswith("tokens")))
+            # Throughput figures cover training only, not evaluation time.
+            window_time = bar.reset_clock()
           if save_due or stop.received:
             self._save(step, results if results and training.best_metric in results else None)
           if stop.received:

@@ -37,7 +37,8 @@ def compute_weighted_cross_entropy(
       confidence * jnp.log(confidence)
       + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20)
   )
-  soft_targets = jax.nn.one_hot(targets, vocab_size) * (confidence - low_confidence) + low_confidence
+  one_hot = jax.nn.one_hot(targets, vocab_size)  # (B, T, V)
+  soft_targets = one_hot * (confidence - low_confidence) + low_confidence
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (B, T, V)
   loss = -jnp.sum(soft_targets * log_probs, axis=-1) - normalizing_constant  # (B, T)
   weights = weights.astype(jnp.float32)

@@ -272,10 +272,6 @@ class MultiHeadAttention(nnx.Module):
       out = jnp.einsum("bnts,bsnh->btnh", weights.astype(value.dtype), value)
     elif query.shape[1] == 1 and self.implementation == "xla":
       out = _single_query_attention(query, key, value, mask)
-    elif self.implementation == "xla":
-      # The same math as jax.nn.dot_product_attention(implementation="xla") (float32 logits
-      # and softmax) with fewer layout changes; faster CPU train steps (bench/RESULTS.md).
-      out = reference_attention(query, key, value, mask)[0]
     else:
       out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
     dt = self.dtype

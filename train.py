@@ -5,6 +5,13 @@ r"""Trains, evaluates and checkpoints a Transformer (Vaswani et al., 2017).
 
 Rerunning a command with the same --workdir resumes from its latest checkpoint; SIGTERM or
 Ctrl-C saves a checkpoint first.
+
+Several hosts run one copy of this program each (see README, "Many hosts"). Under SLURM
+(`srun`), Open MPI (`mpirun`) or on a Cloud TPU slice the processes find each other by
+themselves; elsewhere give every process the same coordinator and count, and its own id:
+
+  python train.py --workdir=/shared/run --coordinator_address=10.0.0.1:1234 \
+      --num_processes=2 --process_id=0     # and --process_id=1 on the second host
 """
 
 import importlib.util
@@ -18,6 +25,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from transformer import distributed
 from transformer.training import loop
 from transformer.training import run_config
 
@@ -60,6 +68,22 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Config file; override fields with --config.SECTION.FIELD=VALUE.",
     lock_config=True,
 )
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", distributed.MODES,
+    "Multi-process initialization through jax.distributed: auto (when the flags below, their "
+    "environment variables, or a SLURM / Open MPI / Cloud TPU multi-process launch say so), "
+    "on (always; jax detects what is not given) or off.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, the same for every process "
+    f"(default ${distributed.ENV_COORDINATOR_ADDRESS}).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, f"Number of processes (default ${distributed.ENV_NUM_PROCESSES}).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process, 0 .. num_processes-1 "
+    f"(default ${distributed.ENV_PROCESS_ID}).")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids", None, "Devices this process drives, e.g. 0,1,2,3 (default: jax's "
+    "choice; under SLURM one GPU per task, numbered by SLURM_LOCALID).")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -73,6 +97,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    local_device_ids = [int(d) for d in _LOCAL_DEVICE_IDS.value or []]
+    distributed.initialize(
+        _DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+        local_device_ids=local_device_ids or None)
+  except ValueError as e:  # DistributedConfigError, or a --local_device_ids entry.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if not distributed.is_main_process():
+    logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others only warn.
   logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                jax.devices())
   logging.info("Config:\n%s", _CONFIG.value)

@@ -1,6 +1,7 @@
 """Decoding speed: cached incremental decoding against recomputing the whole prefix each step.
 
   python bench/decode.py --manual_dir=../shared/data/multi30k --num_batches=2 --max_decode_len=32
+  python bench/decode.py --device=gpu --manual_dir=runs/multi30k --num_batches=16 --repeats=5
 
 (from the repository root, with the package installed or PYTHONPATH=.).
 
@@ -14,6 +15,10 @@ cache, one `lax.while_loop`). Baseline: the same `greedy` / `beam_search` loops 
 function whose "cache" is the token prefix: every step re-embeds and re-runs the whole decoder
 on the fixed-shape (B, L) prefix under a causal mask and projects the current position only.
 Both are jitted once; the outputs of the two are compared. The last line prints the ratios.
+
+`--device` picks the backend (default: JAX's default, i.e. the GPU where there is one);
+`--dtype=bfloat16` decodes with bf16 compute, `--precision=highest` makes float32 matmuls on a
+GPU exact float32 (no TF32), so that cached and no-cache outputs can be compared token for token.
 """
 
 import os
@@ -39,6 +44,11 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
 _MAX_DECODE_LEN = flags.DEFINE_integer("max_decode_len", 32, "Fixed decode length L.")
 _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size K.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes over the batches (median).")
+_DEVICE = flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"],
+                            "Where to decode; auto = JAX's default backend.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_PRECISION = flags.DEFINE_enum("precision", "default", ["default", "high", "highest"],
+                               "jax.default_matmul_precision for the whole run.")
 
 
 def nocache_init(model, inputs: jax.Array, length: int) -> dict:
@@ -110,6 +120,16 @@ def sequences_of(output) -> np.ndarray:
 
 def main(argv):
   del argv
+  try:
+    device = jax.devices()[0] if _DEVICE.value == "auto" else jax.devices(_DEVICE.value)[0]
+  except RuntimeError as e:
+    raise ValueError(f"--device={_DEVICE.value}: JAX has no such backend here ({e})") from e
+  with jax.default_device(device), jax.default_matmul_precision(_PRECISION.value):
+    run_benchmark(device)
+
+
+def run_benchmark(device: jax.Device) -> None:
+  """Builds the data and model on `device` and prints the table and the ratio line."""
   length = _MAX_DECODE_LEN.value
   with tempfile.TemporaryDirectory() as tmp:
     config = data.DataConfig(dataset="multi30k", manual_dir=_MANUAL_DIR.value,
@@ -121,10 +141,11 @@ def main(argv):
   rows = [int((np.asarray(b) != 0).any(axis=1).sum()) for b in batches]
   model_cfg = model_lib.TransformerConfig.small(
       tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
-      eos_id=tokenizer.eos_id)
+      eos_id=tokenizer.eos_id, dtype=_DTYPE.value)
   model = model_lib.EncoderDecoder(model_cfg, rngs=nnx.Rngs(params=0))
   graphdef, params = nnx.split(model, nnx.Param)
-  print(f"jax {jax.__version__} devices={jax.devices()}; cpus={os.cpu_count()} "
+  print(f"jax {jax.__version__} device={device.device_kind} ({device.platform}); "
+        f"dtype={_DTYPE.value}, matmul precision={_PRECISION.value}; cpus={os.cpu_count()} "
         f"load average={os.getloadavg()}")
   print(f"Multi30k validation: {len(all_batches)} batches of {batches[0].shape}; timing "
         f"{len(batches)} batches = {sum(rows)} sentences; model small (D={model_cfg.d_model}, "

@@ -84,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   training.checkpoint_every_steps = 1000  # Checkpoint cadence (also at BLEU evals and exit).
   training.max_checkpoints_to_keep = 3  # Most recent checkpoints kept (plus the best).
   training.best_metric = "eval/bleu"  # Metric of the kept best checkpoint (loss: lower wins).
+  training.early_stopping_patience = 0  # Stop when best_metric has not improved in this many
+  # evaluations of it (then evaluate on test as usual); 0 = never.
   training.async_checkpointing = True  # Write checkpoints in the background.
   training.average_last_k = 1  # Test BLEU with params averaged over the last k checkpoints.
   training.test_split = "test"  # Final evaluation split (loss; BLEU for translation); "" skips.

@@ -38,9 +38,10 @@ def get_config():
   config.model.d_model = 128
   config.model.num_heads = 4
   config.model.d_ff = 512
-  config.model.num_encoder_layers = 2
-  config.model.num_decoder_layers = 2
+  config.model.num_encoder_layers = 3
+  config.model.num_decoder_layers = 3
   config.model.max_len = 128
+  config.model.dropout_rate = 0.1  # See the README: 0.3 learned 2x slower in this budget.
 
   # Small model, short run: a shorter warm-up (peak rate 1.0 * 128^-0.5 * 800^-0.5 = 3.1e-3).
   config.optimizer.warmup_steps = 800
@@ -49,7 +50,13 @@ def get_config():
   config.training.num_train_steps = 6000
   config.training.log_every_steps = 50
   config.training.eval_every_steps = 250
+  # Validation BLEU on all 1,014 sentences every 500 steps picks the best checkpoint and stops
+  # the run after 4 evaluations without improvement; the test split is then translated with
+  # the parameters of the last 5 checkpoints averaged.
   config.training.bleu_every_steps = 500
-  config.training.bleu_num_examples = 256
+  config.training.bleu_num_examples = 0
   config.training.checkpoint_every_steps = 500
+  config.training.max_checkpoints_to_keep = 5
+  config.training.early_stopping_patience = 4
+  config.training.average_last_k = 5
   return config

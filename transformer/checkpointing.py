@@ -4,10 +4,15 @@ One `orbax.checkpoint.CheckpointManager` per run directory keeps the last K chec
 the best one by a validation metric. A checkpoint holds three items:
   state:  the whole TrainState (params, opt_state, step, rng), restored straight into the
           target shardings, so it loads onto any number of devices;
-  data:   the grain iterator state (JSON, one file per process);
+  data:   the grain iterator state (JSON, one file per process; a checkpoint written by N
+          processes continues in any other number, see `_iterator_state_of_other_process_count`);
   config: the resolved run config (JSON), checked against the config of a restarted run.
 A checkpoint that fails to restore (partial or corrupt) is moved aside to
 `<workdir>/corrupt_checkpoints/` and the one before it is used instead, with a warning.
+
+In a multi-process run every process creates the same Checkpointer on the same (shared)
+directory and calls every save and restore, as orbax expects: each process writes the array
+shards it owns, orbax's primary process (0) writes metadata and finalizes the step.
 """
 
 import json
@@ -21,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 # Config fields whose change makes existing checkpoints unusable (other parameter shapes, other
@@ -236,16 +242,27 @@ class Checkpointer:
   def _restore_step(self, step, abstract_state, data_iterator):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     item_dir = os.path.join(self.directory, str(step), "data")
+    data_state = None
     if data_iterator is not None and os.path.isdir(item_dir):
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      if os.path.exists(os.path.join(item_dir, _iterator_file(jax.process_index(),
+                                                              jax.process_count()))):
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      else:
+        data_state = _iterator_state_of_other_process_count(item_dir)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if data_state is not None:
+      data_iterator.set_state(data_state)
     return restored["state"]
 
   def _move_aside(self, step: int) -> str:
+    """Moves an unreadable step to the corrupt directory (process 0; the others wait)."""
     self._manager.wait_until_finished()
-    os.makedirs(self._corrupt_dir, exist_ok=True)
     target = os.path.join(self._corrupt_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:
+      os.makedirs(self._corrupt_dir, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_{step}_moved_aside")
     self._manager.reload()
     return target
 
@@ -303,6 +320,41 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.close()
       self._manager = None
+
+
+def _iterator_file(process_index: int, process_count: int) -> str:
+  """Name of one process's iterator state in a checkpoint's `data/` (grain's own naming)."""
+  return f"process_{process_index}-of-{process_count}.json"
+
+
+def _iterator_state_of_other_process_count(item_dir: str) -> dict:
+  """The data-iterator state of a checkpoint written by another number of processes.
+
+  Our iterators count global batches: every process of a run holds the same state (it names
+  the next global batch, of which each process reads its own rows), so any process's state
+  continues the run under any number of processes. A checkpoint whose processes disagree
+  cannot be continued that way.
+
+  Raises:
+    ValueError: the states differ between processes, or there is none.
+  """
+  states = {}
+  for name in sorted(os.listdir(item_dir)):
+    if name.startswith("process_") and name.endswith(".json"):
+      with open(os.path.join(item_dir, name), encoding="utf-8") as f:
+        states[name] = json.load(f)
+  if not states:
+    raise ValueError(f"{item_dir} holds no data-iterator state")
+  first = next(iter(states.values()))
+  if any(state != first for state in states.values()):
+    raise ValueError(
+        f"{item_dir} holds different data-iterator states per process ({sorted(states)}), so it "
+        f"cannot continue in {jax.process_count()} process(es); resume with the same number of "
+        "processes"
+    )
+  logging.info("Data-iterator state saved by %d process(es); continuing it in %d.", len(states),
+               jax.process_count())
+  return first
 
 
 def write_config_json(workdir: str, config: Mapping) -> str:

@@ -42,9 +42,9 @@ def evaluate_run(run: inference.LoadedRun, split: str, *, beam_size: int,
     )
     suffix = f"avg{len(run.steps)}_" if len(run.steps) > 1 else ""
     path = os.path.join(run.workdir, "hypotheses", f"{split}_eval_{suffix}step{run.steps[-1]}.txt")
-    bleu, _ = evaluation.evaluate_bleu(translator, run.state, dataset, run.tokenizer,
-                                       output_path=path)
-    results[f"{split}/bleu"] = bleu
+    scores, _ = evaluation.evaluate_bleu(translator, run.state, dataset, run.tokenizer,
+                                         output_path=path)
+    results.update({f"{split}/{name}": value for name, value in scores.items()})
     results["hypotheses"] = path
   return results
 

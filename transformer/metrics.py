@@ -48,12 +48,15 @@ def summarize(sums: Mapping[str, float | jax.Array], prefix: str) -> dict[str, f
   }
 
 
-def compute_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-  """Corpus BLEU (sacrebleu defaults: 13a tokenization, mixed case) on detokenized text.
+def compute_bleu(hypotheses: Sequence[str], references: Sequence[str], *,
+                 lowercase: bool = False) -> float:
+  """Corpus BLEU (sacrebleu, 13a tokenization) on detokenized text.
 
   Args:
     hypotheses: one detokenized translation per sentence.
     references: one detokenized reference per sentence, same order.
+    lowercase: False for sacrebleu's default cased BLEU; True for the lowercased BLEU that the
+      Multi30k literature reports.
 
   Returns:
     BLEU in [0, 100].
@@ -62,7 +65,8 @@ def compute_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
   if not hypotheses:
     raise ValueError("BLEU needs at least one sentence")
-  return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+  return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)],
+                                     lowercase=lowercase).score)
 
 
 class MetricWriter:

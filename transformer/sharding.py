@@ -3,9 +3,14 @@
 Parameters carry logical axis names (`embed`, `vocab`, `heads`, `mlp`, ...) set by the model;
 one rules table here maps them to the mesh axes `data`, `fsdp`, `tensor`. With the default mesh
 (all devices on `data`) every parameter is replicated and the batch is split across devices.
+
+In a multi-process run the mesh spans the devices of every process, ordered by process, and each
+process feeds the block of batch rows its own devices hold (`process_batch_block`,
+`make_global_batch`).
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -13,6 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -76,10 +82,21 @@ def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A mesh with axes ('data', 'fsdp', 'tensor') over `devices` (default: all devices).
 
-  If the sizes multiply to fewer devices than given, the first ones are used (with a warning).
+  The default devices are those of every process, ordered by (process, id): each process then
+  holds one contiguous block of the batch rows (see `process_batch_block`). A multi-process mesh
+  must use every device; with one process, sizes that multiply to fewer devices than given use
+  the first ones (with a warning).
   """
-  devices = jax.devices() if devices is None else list(devices)
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  devices = list(devices)
   shape = resolve_mesh_shape(cfg, len(devices))
+  if math.prod(shape) < len(devices) and jax.process_count() > 1:
+    raise ValueError(
+        f"mesh={dataclasses.asdict(cfg)} uses {math.prod(shape)} of the {len(devices)} devices, "
+        f"but a run of {jax.process_count()} processes must use them all (every process feeds "
+        "its devices); use -1 for one axis"
+    )
   if math.prod(shape) < len(devices):
     logging.warning("Mesh %s uses %d of the %d devices.", shape, math.prod(shape), len(devices))
     devices = devices[:math.prod(shape)]
@@ -187,28 +204,79 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+@functools.cache
+def process_batch_block(mesh: jax.sharding.Mesh,
+                        process_index: int | None = None) -> tuple[int, int]:
+  """Which rows of every global batch a process feeds: block `index` of `count` equal blocks.
+
+  The batch dimension is split over the mesh axes `data` and `fsdp`; a process feeds the rows
+  its devices hold. With one process that is block 0 of 1. With P processes whose devices sit
+  in one contiguous run of the mesh (as `make_mesh` orders them) it is block p of P; processes
+  that share batch rows (a `tensor` axis across processes) feed the same block.
+
+  Args:
+    mesh: the device mesh.
+    process_index: the process (default: this one).
+
+  Returns:
+    (index, count): the process feeds global rows [index * B / count, (index + 1) * B / count).
+
+  Raises:
+    ValueError: if the process has no device in the mesh, or its rows are not one contiguous
+      block of a uniform split (a hand-made device order).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  indices = batch_sharding(mesh).devices_indices_map((shards,))
+  rows = sorted({indices[d][0].indices(shards)[:2] for d in mesh.devices.flat
+                 if d.process_index == process_index})
+  if not rows:
+    raise ValueError(f"process {process_index} has no device in the mesh {dict(mesh.shape)}")
+  start, stop = rows[0][0], rows[-1][1]
+  size = stop - start
+  covered = sum(b - a for a, b in rows)
+  if covered != size or shards % size or start % size:
+    raise ValueError(
+        f"process {process_index} holds batch shards {rows} of {shards}: not one contiguous "
+        "block of an even split; build the mesh with sharding.make_mesh (devices ordered by "
+        "process)"
+    )
+  return start // size, shards // size
+
+
 def make_global_batch(
     batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh
 ) -> dict[str, jax.Array]:
   """Turns this process's part of a batch into global arrays sharded over the batch axes.
 
   Args:
-    batch: per-process numpy arrays, each with leading dimension B_local; B_local times the
-      number of processes must be divisible by the number of batch shards.
+    batch: per-process numpy arrays, each with leading dimension B_local: the block of rows
+      `process_batch_block(mesh)` names. B_local times the number of blocks must be divisible
+      by the number of batch shards.
     mesh: the device mesh.
 
   Returns:
-    Global jax.Arrays with leading dimension B_local * process_count.
+    Global jax.Arrays with leading dimension B_local * number of blocks.
   """
   sharding = batch_sharding(mesh)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  _, blocks = process_batch_block(mesh)
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
-    if (value.shape[0] * jax.process_count()) % shards:
+    if (value.shape[0] * blocks) % shards:
       raise ValueError(
           f"batch[{key!r}] has {value.shape[0]} rows per process, not divisible across "
           f"{shards} batch shards (mesh data x fsdp); change the batch size"
       )
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def gather_batch_rows(rows: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """Every process's `rows` (B_local, ...) in global batch order: (B, ...) on every process.
+
+  A collective: every process must call it, with arrays of the same shape.
+  """
+  global_rows = make_global_batch({"rows": rows}, mesh)["rows"]
+  return np.asarray(multihost_utils.process_allgather(global_rows, tiled=True))

@@ -67,3 +67,21 @@ def test_feed_forward_is_two_linear_maps_around_the_activation(activation):
   np.testing.assert_allclose(ffn(x), expected, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="activation"):
     layers.FeedForward(4, 8, activation="swish", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_tied_logits_gradient_equals_autodiff(dtype, tol):
+  kx, kt, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (2, 3, 8)).astype(dtype)
+  table = jax.random.normal(kt, (11, 8)).astype(dtype)
+  cotangent = jax.random.normal(kg, (2, 3, 11))
+  autodiff = lambda x, t: jnp.einsum("btd,vd->btv", x, t, preferred_element_type=jnp.float32)
+  ours, vjp = jax.vjp(layers.tied_logits, x, table)
+  want, want_vjp = jax.vjp(autodiff, x, table)
+  assert ours.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(want), rtol=1e-6)
+  for got, expected in zip(vjp(cotangent), want_vjp(cotangent)):
+    assert got.dtype == expected.dtype == dtype
+    scale = float(jnp.abs(expected.astype(jnp.float32)).max())
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                               atol=tol * scale)

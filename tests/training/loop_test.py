@@ -94,6 +94,25 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   assert checkpointing.steps_of(str(tmp_path / "checkpoints")) == [stopped_at]
 
 
+def test_early_stopping_stops_after_patience_evaluations_and_stays_stopped(tmp_path):
+  config = training_helpers.tiny_copy_config(num_train_steps=100)
+  config.optimizer.learning_rate = 1e-30  # Parameters never move: eval/loss never improves.
+  config.training.best_metric = "eval/loss"
+  config.training.eval_every_steps = 5
+  config.training.early_stopping_patience = 2
+  config.training.test_split = "test"
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  # Best at step 5, no improvement at 10 and 15: patience 2 is used up at step 15.
+  assert summary["stopped_by"] == "early_stopping"
+  assert summary["final_step"] == 15 and summary["best_step"] == 5
+  assert "test/loss" in summary  # The test split is still evaluated.
+  assert checkpointing.steps_of(str(tmp_path / "checkpoints"))[-1] == 15
+  # Running the same command again does not train on.
+  again = loop.train_and_evaluate(config, str(tmp_path))
+  assert again["stopped_by"] == "early_stopping"
+  assert again["start_step"] == again["final_step"] == 15
+
+
 def test_unknown_config_fields_list_the_valid_ones():
   config = training_helpers.tiny_copy_config().to_dict()
   config["training"]["num_step"] = 3

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -71,3 +72,43 @@ def test_shape_mismatch_is_an_error():
   with pytest.raises(ValueError, match="vocab axis"):
     losses.compute_weighted_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32),
                                           jnp.ones((2, 3)))
+
+
+def _straightforward_loss(logits, targets, weights, eps):
+  """The textbook formula: a dense smoothed target distribution against log_softmax."""
+  vocab = logits.shape[-1]
+  confidence, low = 1.0 - eps, eps / (vocab - 1)
+  entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
+  soft = jax.nn.one_hot(targets, vocab) * (confidence - low) + low  # (B, T, V)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.sum((-jnp.sum(soft * log_probs, axis=-1) - entropy) * weights)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_reduction_form_matches_dense_formula_in_value_and_gradient(eps):
+  key_logits, key_targets, key_weights = jax.random.split(jax.random.key(0), 3)
+  # Large offsets per row: the max-shift must keep V * lse - sum(z) exact enough.
+  logits = 4.0 * jax.random.normal(key_logits, (3, 5, 37)) + jnp.arange(5.0)[None, :, None] * 30
+  targets = jax.random.randint(key_targets, (3, 5), 0, 37)
+  weights = (jax.random.uniform(key_weights, (3, 5)) < 0.7).astype(jnp.float32)
+  ours = lambda z: losses.compute_weighted_cross_entropy(z, targets, weights, eps)[0]
+  dense = lambda z: _straightforward_loss(z, targets, weights, eps)
+  np.testing.assert_allclose(float(ours(logits)), float(dense(logits)), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.grad(ours)(logits)),
+                             np.asarray(jax.grad(dense)(logits)), atol=1e-6)
+  sums = losses.compute_metric_sums(logits, targets, weights, eps)
+  np.testing.assert_allclose(float(sums["loss_sum"]), float(dense(logits)), rtol=1e-5)
+  np.testing.assert_allclose(float(sums["nll_sum"]),
+                             float(_straightforward_loss(logits, targets, weights, 0.0)),
+                             rtol=1e-5)
+  accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+  assert float(sums["accuracy_sum"]) == float(accuracy)
+  assert float(sums["weight_sum"]) == float(weights.sum())
+
+
+def test_metric_sums_reject_bad_smoothing_and_shapes():
+  logits, targets = jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), jnp.int32)
+  with pytest.raises(ValueError, match="label_smoothing"):
+    losses.compute_metric_sums(logits, targets, jnp.ones((2, 3)), 1.0)
+  with pytest.raises(ValueError, match="leading axes"):
+    losses.compute_metric_sums(logits, targets, jnp.ones((2, 4)), 0.1)

@@ -27,6 +27,9 @@ def test_bleu_matches_sacrebleu_on_detokenized_text():
   assert metrics.compute_bleu(["nothing alike here", "zzz"], refs) < 5.0
   with pytest.raises(ValueError, match="2 references"):
     metrics.compute_bleu(["one"], refs)
+  shouting = [r.upper() for r in refs]
+  assert metrics.compute_bleu(shouting, refs) < 5.0
+  assert metrics.compute_bleu(shouting, refs, lowercase=True) == pytest.approx(100.0)
 
 
 def test_writer_appends_jsonl_and_tensorboard_events(tmp_path):

@@ -43,6 +43,47 @@ def make_param(
   return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
+@jax.custom_vjp
+def tied_logits(x: jax.Array, table: jax.Array) -> jax.Array:
+  """Logits x @ table^T with float32 accumulation, for an output layer tied to an embedding.
+
+  The custom backward pass computes the table gradient as (x^T g)^T, contracting the token axis
+  of x (D wide) and of the logit gradient g (V wide) where both are the major axis. Autodiff
+  computes g^T x instead, for which XLA on CPU writes g a second time in transposed layout: one
+  more (B, T, V) float32 buffer at the memory peak of a training step (bench/RESULTS.md). In
+  float32 the values are the same products and sums as autodiff's.
+
+  Args:
+    x: (B, T, D) hidden states in the compute dtype.
+    table: (V, D) embedding table in the compute dtype.
+
+  Returns:
+    float32 (B, T, V).
+  """
+  return jnp.einsum("btd,vd->btv", x, table, preferred_element_type=jnp.float32)
+
+
+def _tied_logits_fwd(x, table):
+  return tied_logits(x, table), (x, table)
+
+
+def _tied_logits_bwd(residuals, g):
+  x, table = residuals
+  b, t, d = x.shape
+  # The float32 logit gradient enters both matmuls in the compute dtype (a no-op in float32),
+  # like every other activation gradient of the model; a float32 operand would turn these two
+  # largest matmuls of a bf16 step into float32 ones. Accumulation stays float32.
+  g = g.astype(x.dtype)
+  dx = jnp.einsum("btv,vd->btd", g, table, preferred_element_type=jnp.float32)
+  dtable_t = jax.lax.dot_general(
+      x.reshape(b * t, d), g.reshape(b * t, -1), (((0,), (0,)), ((), ())),
+      preferred_element_type=jnp.float32)  # (D, V)
+  return dx.astype(x.dtype), dtable_t.T.astype(table.dtype)
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
 class Embedding(nnx.Module):
   """Token embedding scaled by sqrt(D) (section 3.4), reusable as the tied output projection."""
 
@@ -78,9 +119,7 @@ class Embedding(nnx.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Tied output projection: (B, T, D) -> float32 logits (B, T, V) = x @ table^T."""
-    table = self.table[...].astype(self.dtype)
-    return jnp.einsum("btd,vd->btv", x.astype(self.dtype), table,
-                      preferred_element_type=jnp.float32)
+    return tied_logits(x.astype(self.dtype), self.table[...].astype(self.dtype))
 
 
 def _hash32(x: jax.Array) -> jax.Array:

@@ -12,6 +12,7 @@ from flax import nnx
 
 from transformer import data as data_lib
 from transformer import decoding
+from transformer import distributed
 from transformer import metrics as metrics_lib
 from transformer import sharding
 from transformer.training import builder
@@ -28,9 +29,8 @@ def evaluate_loss(
   """
   total = None
   for batch in dataset.batches:
-    total = metrics_lib.accumulate(
-        total, setup.eval_step(state, sharding.make_global_batch(batch, setup.mesh))
-    )
+    metrics = setup.eval_step(state, sharding.make_global_batch(batch, setup.mesh))
+    total = metrics_lib.accumulate(total, distributed.wait_on_cpu(metrics))
   return metrics_lib.summarize(total, "eval")
 
 
@@ -96,10 +96,14 @@ class Translator:
   ) -> list[str]:
     """Detokenized translations of examples 0..num_examples-1 of batched, ordered data.
 
+    Every process gets all num_examples translations (each feeds its rows of each batch; the
+    example indices of all rows are gathered), so every process computes the same BLEU. A
+    collective: all processes call it with the same number of batches.
+
     Args:
       state: the train state.
       batches: per-process batches with `inputs` and `inputs_segmentation`.
-      indices: per batch, the example index of each row (-1 for padding rows).
+      indices: per batch, the example index of each row of this process (-1 for padding rows).
       tokenizer: decodes ids to text (stops at EOS).
       num_examples: how many leading examples to translate.
 
@@ -108,19 +112,19 @@ class Translator:
     """
     hypotheses = [None] * num_examples
     for batch, index in zip(batches, indices):
-      if index.max(initial=-1) < 0 or index[index >= 0].min() >= num_examples:
-        break
+      # (B,) example index of every row of the global batch, in the order of `predict`'s rows.
+      examples = sharding.gather_batch_rows(np.asarray(index, np.int32), self.setup.mesh)
+      wanted = examples[examples >= 0]
+      if wanted.size == 0 or wanted.min() >= num_examples:
+        break  # Batches are in example order: no later batch is needed either.
       global_batch = sharding.make_global_batch(
           {"inputs": batch["inputs"], "inputs_segmentation": batch["inputs_segmentation"]},
           self.setup.mesh,
       )
-      ids = np.asarray(jax.device_get(self.predict(state, global_batch)))
-      # Replicated output: rows of every process; this process's rows start at its offset.
-      local_rows = len(index)
-      start = jax.process_index() * local_rows
-      for row, example in enumerate(index):
+      ids = np.asarray(jax.device_get(self.predict(state, global_batch)))  # Replicated (B, L).
+      for row, example in enumerate(examples):
         if 0 <= example < num_examples:
-          hypotheses[example] = tokenizer.decode(ids[start + row].tolist())
+          hypotheses[example] = tokenizer.decode(ids[row].tolist())
     missing = [i for i, h in enumerate(hypotheses) if h is None]
     if missing:
       raise RuntimeError(f"{len(missing)} examples were not translated (first: {missing[:5]})")
@@ -135,7 +139,7 @@ def evaluate_bleu(
     *,
     num_examples: int = 0,
     output_path: str | None = None,
-) -> tuple[float, list[str]]:
+) -> tuple[dict[str, float], list[str]]:
   """Corpus BLEU of beam-search translations of the first `num_examples` examples (0 = all).
 
   Args:
@@ -147,14 +151,19 @@ def evaluate_bleu(
     output_path: if given, hypotheses are written there, one per line (process 0).
 
   Returns:
-    (BLEU in [0, 100], hypotheses).
+    ({"bleu": cased BLEU, "bleu_lowercase": lowercased BLEU}, both sacreBLEU 13a in [0, 100]
+    on detokenized text; hypotheses).
   """
   total = len(dataset.references)
   n = total if num_examples <= 0 else min(num_examples, total)
   hypotheses = translator.translate_batches(state, dataset.batches, dataset.indices, tokenizer, n)
-  bleu = metrics_lib.compute_bleu(hypotheses, dataset.references[:n])
+  references = dataset.references[:n]
+  scores = {
+      "bleu": metrics_lib.compute_bleu(hypotheses, references),
+      "bleu_lowercase": metrics_lib.compute_bleu(hypotheses, references, lowercase=True),
+  }
   if output_path is not None and jax.process_index() == 0:
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
     with open(output_path, "w", encoding="utf-8") as f:
       f.writelines(h.replace("\n", " ") + "\n" for h in hypotheses)
-  return bleu, hypotheses
+  return scores, hypotheses

@@ -16,9 +16,11 @@ import time
 import jax
 import ml_collections
 from absl import logging
+from jax.experimental import multihost_utils
 
 from transformer import checkpointing
 from transformer import data as data_lib
+from transformer import distributed
 from transformer import metrics as metrics_lib
 from transformer import model as model_lib
 from transformer import sharding
@@ -97,16 +99,27 @@ def parse_config(config: ml_collections.ConfigDict | dict) -> RunConfig:
 
 
 class _StopSignal:
-  """Records SIGTERM / SIGINT so the loop can checkpoint and stop between steps."""
+  """Records SIGTERM / SIGINT so the loop can checkpoint and stop between steps.
 
-  def __init__(self):
+  With several processes every process must stop after the same step, since saving a
+  checkpoint is collective. SIGTERM is then left to jax's preemption service, which catches it
+  (on any process), tells the others, and makes `reached_preemption_sync_point` true for one
+  common step on all; Ctrl-C is turned into a SIGTERM of this process to take the same path.
+  """
+
+  def __init__(self, multiprocess: bool = False):
     self.received = None
+    self._multiprocess = multiprocess
+    self._forwarded = False
     self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
+      if self._multiprocess:
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._forward)
+      else:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+          self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
@@ -115,6 +128,22 @@ class _StopSignal:
     self.received = signal.Signals(signum).name
     logging.warning("Received %s: saving a checkpoint and stopping after this step.",
                     self.received)
+
+  def _forward(self, signum, frame):
+    if self._forwarded:
+      raise KeyboardInterrupt
+    self._forwarded = True
+    logging.warning("Received SIGINT: all processes save a checkpoint and stop at a common step.")
+    signal.raise_signal(signal.SIGTERM)  # To jax's preemption service (a C-level handler).
+
+  def poll(self, step: int) -> str | None:
+    """The signal that stops training after `step` (call once per step, on every process)."""
+    if self._multiprocess and self.received is None:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.received = "SIGINT" if self._forwarded else "SIGTERM"
+        logging.warning("Preemption notice (%s) on some process: saving a checkpoint at step %d "
+                        "on every process and stopping.", self.received, step)
+    return self.received
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -140,19 +169,26 @@ def _check_workdir(workdir: str, config_dict: dict,
     raise TrainingError(str(e)) from e
 
 
-def _best_so_far(jsonl_path: str, metric: str, up_to_step: int) -> tuple[float, int] | None:
-  """(value, step) of the best `metric` already in metrics.jsonl (for resumed runs)."""
+def _best_so_far(jsonl_path: str, metric: str,
+                 up_to_step: int) -> tuple[tuple[float, int] | None, int]:
+  """Best `metric` already in metrics.jsonl (for resumed runs), and evaluations since it.
+
+  Returns:
+    ((value, step) of the best record or None, number of later records of `metric`).
+  """
   if not os.path.exists(jsonl_path):
-    return None
-  best = None
+    return None, 0
+  best, since_best = None, 0
   for record in metrics_lib.read_jsonl(jsonl_path):
     value = record.get(metric)
     if not isinstance(value, (int, float)) or record["step"] > up_to_step:
       continue
     if best is None or (value < best[0] if checkpointing.is_lower_better(metric)
                         else value > best[0]):
-      best = (value, record["step"])
-  return best
+      best, since_best = (value, record["step"]), 0
+    else:
+      since_best += 1
+  return best, since_best
 
 
 def _is_due(step: int, every: int, last: int) -> bool:
@@ -167,8 +203,14 @@ class _Run:
         config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     )
     self.cfg = parse_config(self.config_dict)
+    if "://" in str(workdir):
+      raise TrainingError(
+          f"workdir {workdir!r} is a URL; the workdir must be a directory path. For a "
+          "multi-host run, use a filesystem that every host mounts (NFS, Filestore, or a "
+          "Cloud Storage bucket through gcsfuse, e.g. /mnt/bucket/run)."
+      )
     self.workdir = os.path.abspath(workdir)
-    self.is_main = jax.process_index() == 0
+    self.is_main = distributed.is_main_process()
     self.training = self.cfg.training
     self.task = self.training.task
     self.writer = None  # Set by build().
@@ -185,14 +227,22 @@ class _Run:
     )
     _check_workdir(workdir, self.config_dict, self.checkpointer)
     checkpointing.write_config_json(workdir, self.config_dict)
-    self.mesh = sharding.make_mesh(cfg.mesh)
-    self.num_data_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    logging.info("Mesh %s over %d devices (%s).", dict(self.mesh.shape), self.mesh.size,
-                 jax.devices()[0].platform)
-    data_kwargs = dict(task=self.task, process_index=jax.process_index(),
-                       process_count=jax.process_count(), num_data_shards=self.num_data_shards)
+    self._check_shared_workdir()
     try:
-      self.tokenizer = data_lib.get_tokenizer(cfg.data, workdir, task=self.task)
+      self.mesh = sharding.make_mesh(cfg.mesh)
+      block, num_blocks = sharding.process_batch_block(self.mesh)
+    except ValueError as e:
+      raise TrainingError(f"config.mesh: {e}") from e
+    self.num_data_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    logging.info("Mesh %s over %d devices (%s) in %d process(es); this process feeds block %d "
+                 "of %d of every batch.", dict(self.mesh.shape), self.mesh.size,
+                 jax.devices()[0].platform, jax.process_count(), block, num_blocks)
+    # The pipeline's "process" is this process's block of batch rows (the same as the process
+    # index and count unless processes share rows).
+    data_kwargs = dict(task=self.task, process_index=block, process_count=num_blocks,
+                       num_data_shards=self.num_data_shards)
+    self.tokenizer = self._tokenizer()
+    try:
       self.train_iter = data_lib.make_train_iterator(cfg.data, self.tokenizer, **data_kwargs)
       self.eval_data = data_lib.make_eval_dataset(cfg.data, self.tokenizer, "validation",
                                                   **data_kwargs)
@@ -234,7 +284,44 @@ class _Run:
           max_decode_len=cfg.data.max_len + cfg.decoding.max_extra_length,
       )
     self.writer = metrics_lib.MetricWriter(workdir, enabled=self.is_main)
-    self.best = _best_so_far(self.writer.jsonl_path, self.training.best_metric, self.start_step)
+    self.best, self.evals_since_best = _best_so_far(
+        self.writer.jsonl_path, self.training.best_metric, self.start_step)
+
+  def _check_shared_workdir(self) -> None:
+    """Refuses a multi-process run whose processes do not share the workdir."""
+    if jax.process_count() == 1:
+      return
+    distributed.barrier("config_json_written")
+    sees = distributed.gather_from_all(
+        os.path.exists(os.path.join(self.workdir, "config.json")))
+    blind = [i for i, seen in enumerate(sees) if not seen]
+    if blind:
+      raise TrainingError(
+          f"process(es) {blind} cannot see {self.workdir}/config.json, which process 0 has "
+          "written: the workdir must be on a filesystem that every host shares (NFS, Filestore, "
+          "a gcsfuse-mounted bucket), at the same path."
+      )
+
+  def _tokenizer(self) -> data_lib.Tokenizer:
+    """The run's tokenizer: process 0 trains and writes it if needed, the others then load it."""
+    error = None
+    tokenizer = None
+    if self.is_main:
+      try:
+        tokenizer = data_lib.get_tokenizer(self.cfg.data, self.workdir, task=self.task)
+      except (ValueError, OSError) as e:
+        error = e
+    if distributed.broadcast_from_main(error is not None):
+      raise TrainingError(
+          f"cannot build the data pipeline of {self.cfg.data.dataset!r}: "
+          + (str(error) if error else "process 0 failed to build the tokenizer (see its log)")
+      ) from error
+    if tokenizer is None:
+      try:
+        tokenizer = data_lib.get_tokenizer(self.cfg.data, self.workdir, task=self.task)
+      except (ValueError, OSError) as e:
+        raise TrainingError(f"cannot load the tokenizer process 0 wrote: {e}") from e
+    return tokenizer
 
   def _save(self, step: int, metrics: dict | None = None) -> None:
     started = self.checkpointer.save(
@@ -270,12 +357,12 @@ class _Run:
     results = evaluation.evaluate_loss(self.setup, self.state, self.eval_data)
     if with_bleu:
       start = time.perf_counter()
-      bleu, _ = evaluation.evaluate_bleu(
+      scores, _ = evaluation.evaluate_bleu(
           self.translator, self.state, self.eval_data, self.tokenizer,
           num_examples=self.training.bleu_num_examples,
           output_path=os.path.join(self.workdir, "hypotheses", f"validation_step{step}.txt"),
       )
-      results["eval/bleu"] = bleu
+      results.update({f"eval/{name}": value for name, value in scores.items()})
       results["eval/bleu_seconds"] = time.perf_counter() - start
     metric = self.training.best_metric
     if metric in results:
@@ -283,8 +370,21 @@ class _Run:
       better = self.best is None or (
           value < self.best[0] if checkpointing.is_lower_better(metric) else value > self.best[0])
       if better:
-        self.best = (value, step)
+        self.best, self.evals_since_best = (value, step), 0
+      else:
+        self.evals_since_best += 1
     return results
+
+  def _patience_exhausted(self, results: dict | None) -> bool:
+    """Whether early stopping ends the run after an evaluation of the best metric."""
+    patience = self.training.early_stopping_patience
+    if not patience or not results or self.training.best_metric not in results:
+      return False
+    if self.evals_since_best < patience:
+      return False
+    logging.info("Early stopping: %s has not improved on %.4g (step %d) in %d evaluations.",
+                 self.training.best_metric, self.best[0], self.best[1], self.evals_since_best)
+    return True
 
   def train(self) -> dict:
     """The step loop; returns the summary."""
@@ -294,23 +394,30 @@ class _Run:
     start_time = time.perf_counter()
     bar = metrics_lib.ProgressBar(step, last, enabled=self.is_main)
     sums, window_time, stopped_by = None, start_time, None
+    patience = training.early_stopping_patience
+    if patience and self.evals_since_best >= patience and step < last:
+      logging.info("This run already stopped early (no improvement of %s in %d evaluations); "
+                   "not training further.", training.best_metric, self.evals_since_best)
+      last, stopped_by = step, "early_stopping"
     self.verified_step = step
     try:
-      with _StopSignal() as stop:
+      with _StopSignal(multiprocess=jax.process_count() > 1) as stop:
         while step < last:
           batch = sharding.make_global_batch(next(self.train_iter), self.mesh)
           self.state, step_metrics = self.setup.train_step(self.state, batch)
+          distributed.wait_on_cpu(step_metrics)
           sums = metrics_lib.accumulate(sums, step_metrics)
           step += 1
           bar.advance(step)
+          received = stop.poll(step)
           log_due = _is_due(step, training.log_every_steps, last)
           eval_due = _is_due(step, training.eval_every_steps, last)
           bleu_due = (self.translator is not None and training.bleu_every_steps > 0
                       and _is_due(step, training.bleu_every_steps, last))
           save_due = _is_due(step, training.checkpoint_every_steps, last) or bleu_due
-          if stop.received or log_due or save_due or eval_due:
+          if received or log_due or save_due or eval_due:
             self._check_finite(sums, step)
-          if log_due or stop.received:
+          if log_due or received:
             train = metrics_lib.summarize(sums, "train")
             num_steps = float(jax.device_get(sums["num_steps"]))
             train["train/grad_norm"] = float(jax.device_get(sums["grad_norm_sum"])) / num_steps
@@ -333,10 +440,15 @@ class _Run:
                 if not k.endswith("seconds") and not k.endswith("tokens")))
             # Throughput figures cover training only, not evaluation time.
             window_time = bar.reset_clock()
-          if save_due or stop.received:
+          if save_due or received:
             self._save(step, results if results and training.best_metric in results else None)
-          if stop.received:
-            stopped_by = stop.received
+          if received:
+            stopped_by = received
+            break
+          if self._patience_exhausted(results):
+            if not save_due:
+              self._save(step, results)
+            stopped_by = "early_stopping"
             break
     finally:
       bar.close()
@@ -363,7 +475,7 @@ class _Run:
         "metrics_jsonl": self.writer.jsonl_path,
         "tensorboard": self.writer.tensorboard_dir,
     }
-    if stopped_by is None and training.test_split:
+    if stopped_by in (None, "early_stopping") and training.test_split:
       summary.update(self._test(step))
     self.writer.close()
     if self.is_main:
@@ -399,9 +511,9 @@ class _Run:
     out = {"test_averaged_steps": averaged}
     if self.translator is not None:
       path = os.path.join(self.workdir, "hypotheses", f"{training.test_split}_step{step}.txt")
-      bleu, _ = evaluation.evaluate_bleu(self.translator, state, test_data, self.tokenizer,
-                                         output_path=path)
-      results["test/bleu"] = bleu
+      scores, _ = evaluation.evaluate_bleu(self.translator, state, test_data, self.tokenizer,
+                                           output_path=path)
+      results.update({f"test/{name}": value for name, value in scores.items()})
       out["test_hypotheses"] = path
     self.writer.write(step, results)
     out.update(results)

@@ -22,6 +22,8 @@ class TrainingConfig:
   checkpoint_every_steps: int = 1000  # Checkpoint cadence.
   max_checkpoints_to_keep: int = 3  # Most recent checkpoints kept (plus the best).
   best_metric: str = "eval/bleu"  # Metric of the kept best checkpoint.
+  early_stopping_patience: int = 0  # Stop after this many evaluations of best_metric without
+  # improvement; 0 = never.
   async_checkpointing: bool = True  # Background checkpoint writes.
   average_last_k: int = 1  # Final test evaluation averages the last k checkpoints.
   test_split: str = "test"  # Split of the final evaluation; "" skips it.
@@ -31,7 +33,7 @@ class TrainingConfig:
                  "checkpoint_every_steps", "max_checkpoints_to_keep", "average_last_k"):
       if getattr(self, name) < 1:
         raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("bleu_every_steps", "bleu_num_examples"):
+    for name in ("bleu_every_steps", "bleu_num_examples", "early_stopping_patience"):
       if getattr(self, name) < 0:
         raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
     if self.best_metric != "eval/bleu" and not self.best_metric.startswith("eval/"):

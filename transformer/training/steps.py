@@ -88,15 +88,6 @@ def _token_weights(targets: jax.Array, segmentation: jax.Array | None) -> jax.Ar
   return (targets != 0).astype(jnp.float32)
 
 
-def _metric_sums(logits, targets, weights, loss_sum, weight_sum) -> dict[str, jax.Array]:
-  return {
-      "loss_sum": loss_sum,
-      "nll_sum": losses.compute_weighted_nll(logits, targets, weights),
-      "accuracy_sum": losses.compute_weighted_accuracy(logits, targets, weights),
-      "weight_sum": weight_sum,
-  }
-
-
 def train_step(
     state: state_lib.TrainState,
     batch: dict[str, jax.Array],
@@ -131,17 +122,15 @@ def train_step(
         model, batch, task=task, bos_id=bos_id, deterministic=False,
         rngs=nnx.Rngs(dropout=dropout_key),
     )
-    loss_sum, weight_sum = losses.compute_weighted_cross_entropy(
-        logits, targets, weights, label_smoothing
-    )
+    # Metrics come from the same vocabulary reductions as the loss, inside the differentiated
+    # function: only scalars leave it, so no (B, T, V) array outlives the backward pass.
+    sums = losses.compute_metric_sums(logits, targets, weights, label_smoothing)
     # Mean per token (not per sequence), the usual normalization for translation.
-    return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, targets, weights, loss_sum, weight_sum)
+    return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 
-  grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
-  logits, targets, weights, loss_sum, weight_sum = aux
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = _metric_sums(logits, targets, weights, loss_sum, weight_sum)
   metrics["grad_norm_sum"] = optax.tree.norm(grads)
   metrics["num_steps"] = jnp.ones((), jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -169,7 +158,4 @@ def eval_step(
   """
   model = nnx.merge(graphdef, state.params, state.model_state)
   logits, targets, weights = forward(model, batch, task=task, bos_id=bos_id, deterministic=True)
-  loss_sum, weight_sum = losses.compute_weighted_cross_entropy(
-      logits, targets, weights, label_smoothing
-  )
-  return _metric_sums(logits, targets, weights, loss_sum, weight_sum)
+  return losses.compute_metric_sums(logits, targets, weights, label_smoothing)

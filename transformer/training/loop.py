@@ -169,6 +169,13 @@ def _check_workdir(workdir: str, config_dict: dict,
     raise TrainingError(str(e)) from e
 
 
+def _improves(metric: str, value: float, best: tuple[float, int] | None) -> bool:
+  """Whether `value` of `metric` beats the best (value, step) so far (None: nothing yet)."""
+  if best is None:
+    return True
+  return value < best[0] if checkpointing.is_lower_better(metric) else value > best[0]
+
+
 def _best_so_far(jsonl_path: str, metric: str,
                  up_to_step: int) -> tuple[tuple[float, int] | None, int]:
   """Best `metric` already in metrics.jsonl (for resumed runs), and evaluations since it.
@@ -183,8 +190,7 @@ def _best_so_far(jsonl_path: str, metric: str,
     value = record.get(metric)
     if not isinstance(value, (int, float)) or record["step"] > up_to_step:
       continue
-    if best is None or (value < best[0] if checkpointing.is_lower_better(metric)
-                        else value > best[0]):
+    if _improves(metric, value, best):
       best, since_best = (value, record["step"]), 0
     else:
       since_best += 1
@@ -367,9 +373,7 @@ class _Run:
     metric = self.training.best_metric
     if metric in results:
       value = results[metric]
-      better = self.best is None or (
-          value < self.best[0] if checkpointing.is_lower_better(metric) else value > self.best[0])
-      if better:
+      if _improves(metric, value, self.best):
         self.best, self.evals_since_best = (value, step), 0
       else:
         self.evals_since_best += 1

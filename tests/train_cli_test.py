@@ -107,6 +107,7 @@ def test_sigkill_midway_then_restart_matches_uninterrupted_run(tmp_path):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["steps"] == [25, 30]
   assert 0.0 <= report["validation/bleu"] <= 100.0
+  assert os.path.basename(report["hypotheses"]) == "validation_eval_avg2_step30_beam2_lp0.6.txt"
   assert os.path.exists(report["hypotheses"])
 
 

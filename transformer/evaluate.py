@@ -41,7 +41,9 @@ def evaluate_run(run: inference.LoadedRun, split: str, *, beam_size: int,
         max_decode_len=cfg.data.max_len + cfg.decoding.max_extra_length,
     )
     suffix = f"avg{len(run.steps)}_" if len(run.steps) > 1 else ""
-    path = os.path.join(run.workdir, "hypotheses", f"{split}_eval_{suffix}step{run.steps[-1]}.txt")
+    # The decoding settings are in the name, so a beam / length-penalty sweep keeps every output.
+    name = f"{split}_eval_{suffix}step{run.steps[-1]}_beam{beam_size}_lp{length_penalty:g}.txt"
+    path = os.path.join(run.workdir, "hypotheses", name)
     scores, _ = evaluation.evaluate_bleu(translator, run.state, dataset, run.tokenizer,
                                          output_path=path)
     results.update({f"{split}/{name}": value for name, value in scores.items()})

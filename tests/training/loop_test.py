@@ -1,5 +1,6 @@
 """train_and_evaluate: the copy task learns, NaN stops cleanly, incompatible workdirs are
-refused, SIGTERM checkpoints and resumes, bad config fields are named."""
+refused, SIGTERM checkpoints and resumes, bad config fields are named, every shipped config
+parses."""
 
 import json
 import os
@@ -127,3 +128,20 @@ def test_unknown_config_fields_list_the_valid_ones():
   config["model"]["max_len"] = 8
   with pytest.raises(loop.TrainingError, match="model.max_len=8 is smaller than data.max_len"):
     loop.parse_config(config)
+  config = training_helpers.tiny_copy_config().to_dict()
+  config["training"]["average_last_k"] = 4
+  config["training"]["max_checkpoints_to_keep"] = 3
+  with pytest.raises(loop.TrainingError,
+                     match=r"average_last_k=4 .* training\.max_checkpoints_to_keep=3 keeps fewer"):
+    loop.parse_config(config)
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in os.listdir(os.path.join(training_helpers.REPO_ROOT, "configs"))
+    if f.endswith(".py") and f != "__init__.py"))
+def test_every_shipped_config_is_valid(name):
+  run = loop.parse_config(training_helpers.load_config(name))
+  # The schedule warms up within the run, and the last step is a regular checkpoint (one of
+  # the averaged ones).
+  assert run.optimizer.warmup_steps < run.training.num_train_steps
+  assert run.training.num_train_steps % run.training.checkpoint_every_steps == 0

@@ -36,6 +36,12 @@ class TrainingConfig:
     for name in ("bleu_every_steps", "bleu_num_examples", "early_stopping_patience"):
       if getattr(self, name) < 0:
         raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+    if self.average_last_k > self.max_checkpoints_to_keep:
+      raise ValueError(
+          f"training.average_last_k={self.average_last_k} averages the last k checkpoints but "
+          f"training.max_checkpoints_to_keep={self.max_checkpoints_to_keep} keeps fewer; raise "
+          "max_checkpoints_to_keep to at least average_last_k"
+      )
     if self.best_metric != "eval/bleu" and not self.best_metric.startswith("eval/"):
       raise ValueError(
           f"training.best_metric must be 'eval/bleu', 'eval/loss', 'eval/accuracy' or "

@@ -42,8 +42,9 @@ def evaluate_run(run: inference.LoadedRun, split: str, *, beam_size: int,
     )
     suffix = f"avg{len(run.steps)}_" if len(run.steps) > 1 else ""
     # The decoding settings are in the name, so a beam / length-penalty sweep keeps every output.
-    name = f"{split}_eval_{suffix}step{run.steps[-1]}_beam{beam_size}_lp{length_penalty:g}.txt"
-    path = os.path.join(run.workdir, "hypotheses", name)
+    filename = (f"{split}_eval_{suffix}step{run.steps[-1]}_beam{beam_size}"
+                f"_lp{length_penalty:g}.txt")
+    path = os.path.join(run.workdir, "hypotheses", filename)
     scores, _ = evaluation.evaluate_bleu(translator, run.state, dataset, run.tokenizer,
                                          output_path=path)
     results.update({f"{split}/{name}": value for name, value in scores.items()})

@@ -78,8 +78,12 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   metrics_path = tmp_path / "metrics.jsonl"
 
   def send_sigterm_once_training():
+    # The first record (step 5) is written inside the training loop, where the handler is
+    # installed; metrics.jsonl itself is created earlier, before it (signalling then would
+    # kill the test process).
     deadline = time.time() + 120
-    while time.time() < deadline and not metrics_path.exists():
+    while time.time() < deadline and not (metrics_path.exists()
+                                          and metrics_path.stat().st_size > 0):
       time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -48,6 +48,7 @@ def plot(runs: dict[str, dict], output: str, title: str = "") -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   figure, (loss_axis, bleu_axis, rate_axis) = plt.subplots(1, 3, figsize=(15, 4.2))
   for index, (label, curves) in enumerate(runs.items()):
@@ -64,6 +65,9 @@ def plot(runs: dict[str, dict], output: str, title: str = "") -> None:
   for axis, ylabel in ((loss_axis, "loss (nats/token)"), (bleu_axis, "validation BLEU"),
                        (rate_axis, "learning rate")):
     axis.set_xlabel("training step")
+    # "2.5k" rather than "2500": five-digit step labels run into each other at this width.
+    axis.xaxis.set_major_formatter(
+        ticker.FuncFormatter(lambda step, _: f"{step / 1000:g}k" if step else "0"))
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

@@ -1,12 +1,16 @@
-"""Framework-free pieces of the training benchmarks: shapes, random batches, timing, memory.
+"""Framework-free pieces of the benchmarks: shapes, random batches, timing, memory, and running
+each implementation in a process of its own at low load.
 
-Imports neither JAX nor torch, so each memory worker of `bench/train_step.py` loads only its own
-framework.
+Imports neither JAX nor torch, so each worker process loads only its own framework.
 """
 
 import ctypes
 import gc
+import json
+import os
 import resource
+import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -79,3 +83,81 @@ def release_freed_heap() -> bool:
     return False
   libc.malloc_trim(0)
   return True
+
+
+def wait_for_quiet(max_load: float, wait_s: float) -> float:
+  """Waits up to `wait_s` seconds for the 1-minute load average to fall to `max_load`.
+
+  Returns:
+    The load average when the wait ended (above `max_load` if it never fell that far).
+  """
+  deadline = time.monotonic() + wait_s
+  while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+    time.sleep(5)
+  return os.getloadavg()[0]
+
+
+def run_worker(argv: list[str], *, label: str, max_load: float, wait_s: float,
+               env: dict | None = None, cwd: str | None = None) -> dict:
+  """Runs one benchmark worker process alone and returns the JSON of its last RESULT line.
+
+  Waits for a quiet machine first (`wait_for_quiet`), prints the load average before and after,
+  and adds them to the result with `loaded`: True when the load was above `max_load` at the
+  start, i.e. the figure was measured beside other work and must not be reported as a speed.
+
+  Args:
+    argv: the worker's command line; it prints `RESULT {json}` as its last such line.
+    label: what the printed load line names.
+    max_load: the highest 1-minute load average at which a measurement counts.
+    wait_s: seconds to wait for the load to fall.
+    env: the worker's environment (default: this process's).
+    cwd: its working directory.
+
+  Raises:
+    RuntimeError: the worker failed or printed no RESULT line (with the end of its stderr).
+  """
+  load_before = wait_for_quiet(max_load, wait_s)
+  proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+  load_after = os.getloadavg()[0]
+  if proc.returncode:
+    raise RuntimeError(f"{label} worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+  if not lines:
+    raise RuntimeError(f"{label} worker printed no RESULT line:\n{proc.stdout[-2000:]}\n"
+                       f"{proc.stderr[-2000:]}")
+  result = json.loads(lines[-1][len("RESULT "):])
+  result.update(load_before=load_before, load_after=load_after, loaded=load_before > max_load)
+  print(f"  {label:<24} load {load_before:4.2f} -> {load_after:4.2f}"
+        f"{'  LOADED' if result['loaded'] else ''}", flush=True)
+  return result
+
+
+def ratio_line(rows: list[dict], names: list[str]) -> str:
+  """The speed of "ours" over each other implementation, and over the best peer.
+
+  Args:
+    rows: measurements with "config", "impl", "step_s" and "loaded"; rows measured under load
+      are left out; several rounds of one implementation count by their median.
+    names: the configurations to report, in order.
+
+  Returns:
+    One line: "ratio ...: small: ours 1.20x torch2, 1.30x flax_wmt; 1.20x the best peer | ...",
+    where a peer is any implementation other than "ours" whose label does not start with
+    "ours" (an "ours@ab" row of an A/B comparison is not a peer).
+  """
+  parts = []
+  for name in names:
+    by_impl = {}
+    for r in rows:
+      if r["config"] == name and not r["loaded"]:
+        by_impl.setdefault(r["impl"], []).append(r["step_s"])
+    if "ours" not in by_impl:
+      parts.append(f"{name}: no unloaded measurement of ours")
+      continue
+    ours = statistics.median(by_impl["ours"])
+    others = {k: statistics.median(v) for k, v in by_impl.items() if k != "ours"}
+    text = ", ".join(f"{others[k] / ours:.2f}x {k}" for k in others)
+    peers = {k: v for k, v in others.items() if not k.startswith("ours")}
+    best = f"; {min(peers.values()) / ours:.2f}x the best peer" if peers else ""
+    parts.append(f"{name}: ours {text}{best}")
+  return "ratio (tokens/s of ours / of the other): " + " | ".join(parts)

@@ -6,9 +6,11 @@
 
 Prints examples/s and tokens/s (real source + target tokens, padding excluded) of the training
 iterator, after a warm-up batch; preparing the dataset and training the tokenizer happen first
-and are timed separately.
+and are timed separately. It waits for the 1-minute load average to fall to `--max_load` first
+and prints the load before and after (LOADED when it was above that at the start).
 """
 
+import os
 import tempfile
 import time
 
@@ -16,6 +18,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+import common
 from transformer import data
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data/multi30k", "Raw Multi30k files.")
@@ -25,10 +28,14 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 300, "Batches to time.")
 _PACKING = flags.DEFINE_bool("packing", False, "Pack examples instead of length buckets.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "Loader threads.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "grain worker processes.")
+_MAX_LOAD = flags.DEFINE_float("max_load", 1.5, "Highest 1-minute load average to start at.")
+_LOAD_WAIT = flags.DEFINE_integer("load_wait", 180, "Seconds to wait for the load to fall.")
 
 
 def main(argv):
   del argv
+  # One implementation, one process; the load says whether the figure was measured alone.
+  load_before = common.wait_for_quiet(_MAX_LOAD.value, _LOAD_WAIT.value)
   with tempfile.TemporaryDirectory() as tmp:
     config = data.DataConfig(dataset="multi30k", manual_dir=_MANUAL_DIR.value,
                              data_dir=_DATA_DIR.value or f"{tmp}/tfds",
@@ -58,6 +65,10 @@ def main(argv):
         f"{elapsed:.2f} s")
   print(f"examples/s: {examples / elapsed:,.0f}   tokens/s (src+tgt, no padding): "
         f"{tokens / elapsed:,.0f}   padding: {1 - tokens / padded:.1%}")
+  load_after = os.getloadavg()[0]
+  loaded = load_before > _MAX_LOAD.value
+  print(f"load average {load_before:.2f} -> {load_after:.2f}"
+        + (f"  LOADED: above {_MAX_LOAD.value} at the start, not a speed figure" if loaded else ""))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,23 @@ Ours: `transformer.decoding.greedy_translate` / `beam_search_translate` (encoder
 cache, one `lax.while_loop`). Baseline: the same `greedy` / `beam_search` loops driven by a step
 function whose "cache" is the token prefix: every step re-embeds and re-runs the whole decoder
 on the fixed-shape (B, L) prefix under a causal mask and projects the current position only.
-Both are jitted once; the outputs of the two are compared. The last line prints the ratios.
+Both are jitted once.
+
+Each (method, implementation) runs in a worker process of its own (`--worker`), one after the
+other, after the 1-minute load average has fallen to `--max_load` (a row measured above it is
+marked LOADED and left out of the ratios); the workers build the same data and the same model
+(fixed seeds) and write their output tokens to a file, so the parent compares the outputs of
+cached and no-cache decoding token for token. The last line prints the ratios.
 
 `--device` picks the backend (default: JAX's default, i.e. the GPU where there is one);
 `--dtype=bfloat16` decodes with bf16 compute, `--precision=highest` makes float32 matmuls on a
 GPU exact float32 (no TF32), so that cached and no-cache outputs can be compared token for token.
 """
 
+import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -33,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import common
 from transformer import data
 from transformer import decoding
 from transformer import model as model_lib
@@ -49,6 +58,10 @@ _DEVICE = flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"],
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _PRECISION = flags.DEFINE_enum("precision", "default", ["default", "high", "highest"],
                                "jax.default_matmul_precision for the whole run.")
+_MAX_LOAD = flags.DEFINE_float("max_load", 1.5, "Highest 1-minute load average to start a worker.")
+_LOAD_WAIT = flags.DEFINE_integer("load_wait", 180, "Seconds to wait for the load to fall.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: METHOD:IMPL of a worker process.")
+_OUTPUT = flags.DEFINE_string("output", None, "Internal: the worker's .npy output file.")
 
 
 def nocache_init(model, inputs: jax.Array, length: int) -> dict:
@@ -75,11 +88,8 @@ def nocache_step(model, tokens: jax.Array, cache: dict) -> tuple[jax.Array, dict
   return logits, dict(cache, index=i + 1, tokens=prefix)
 
 
-def make_programs(graphdef, length: int, beam_size: int):
-  """Jitted (params, inputs) -> outputs for the four methods."""
-  def with_model(fn):
-    return jax.jit(lambda params, inputs: fn(nnx.merge(graphdef, params), inputs))
-
+def make_program(graphdef, method: str, impl: str, length: int, beam_size: int):
+  """The jitted (params, inputs) -> outputs of one method ("greedy" / "beam") and impl."""
   def ours_greedy(model, inputs):
     return decoding.greedy_translate(model, inputs, max_decode_len=length)
 
@@ -102,8 +112,9 @@ def make_programs(graphdef, length: int, beam_size: int):
         bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
     return sequences[:, 0], scores[:, 0]
 
-  return {"greedy": (with_model(ours_greedy), with_model(base_greedy)),
-          f"beam{beam_size}": (with_model(ours_beam), with_model(base_beam))}
+  fn = {("greedy", "cached"): ours_greedy, ("beam", "cached"): ours_beam,
+        ("greedy", "no-cache"): base_greedy, ("beam", "no-cache"): base_beam}[method, impl]
+  return jax.jit(lambda params, inputs: fn(nnx.merge(graphdef, params), inputs))
 
 
 def run(program, params, batches) -> tuple[float, list]:
@@ -118,65 +129,105 @@ def sequences_of(output) -> np.ndarray:
   return np.asarray(output[0] if isinstance(output, tuple) else output)
 
 
-def main(argv):
-  del argv
-  try:
-    device = jax.devices()[0] if _DEVICE.value == "auto" else jax.devices(_DEVICE.value)[0]
-  except RuntimeError as e:
-    raise ValueError(f"--device={_DEVICE.value}: JAX has no such backend here ({e})") from e
-  with jax.default_device(device), jax.default_matmul_precision(_PRECISION.value):
-    run_benchmark(device)
-
-
-def run_benchmark(device: jax.Device) -> None:
-  """Builds the data and model on `device` and prints the table and the ratio line."""
-  length = _MAX_DECODE_LEN.value
+def build(device: jax.Device):
+  """The validation batches, the number of real rows of each, the model config and params."""
   with tempfile.TemporaryDirectory() as tmp:
     config = data.DataConfig(dataset="multi30k", manual_dir=_MANUAL_DIR.value,
                              data_dir=f"{tmp}/tfds", eval_batch_size=_BATCH.value)
     tokenizer = data.get_tokenizer(config, f"{tmp}/workdir")
     evalset = data.make_eval_dataset(config, tokenizer, "validation")
   all_batches = list(evalset.batches)
-  batches = [jnp.asarray(b["inputs"]) for b in all_batches[:_NUM_BATCHES.value]]
+  batches = [jax.device_put(jnp.asarray(b["inputs"]), device)
+             for b in all_batches[:_NUM_BATCHES.value]]
   rows = [int((np.asarray(b) != 0).any(axis=1).sum()) for b in batches]
   model_cfg = model_lib.TransformerConfig.small(
       tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
       eos_id=tokenizer.eos_id, dtype=_DTYPE.value)
   model = model_lib.EncoderDecoder(model_cfg, rngs=nnx.Rngs(params=0))
   graphdef, params = nnx.split(model, nnx.Param)
-  print(f"jax {jax.__version__} device={device.device_kind} ({device.platform}); "
-        f"dtype={_DTYPE.value}, matmul precision={_PRECISION.value}; cpus={os.cpu_count()} "
-        f"load average={os.getloadavg()}")
-  print(f"Multi30k validation: {len(all_batches)} batches of {batches[0].shape}; timing "
-        f"{len(batches)} batches = {sum(rows)} sentences; model small (D={model_cfg.d_model}, "
-        f"{model_cfg.num_encoder_layers}+{model_cfg.num_decoder_layers} layers, V="
-        f"{model_cfg.vocab_size}), random weights, max_decode_len={length} (fixed), "
-        f"median of {_REPEATS.value} alternating passes")
+  return len(all_batches), batches, rows, model_cfg, graphdef, params
+
+
+def run_worker(device: jax.Device, method: str, impl: str) -> dict:
+  """Worker body: compile and time one method and implementation; saves the output tokens."""
+  num_batches, batches, rows, model_cfg, graphdef, params = build(device)
+  program = make_program(graphdef, method, impl, _MAX_DECODE_LEN.value, _BEAM.value)
+  start = time.perf_counter()
+  compiled = program.lower(params, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  run(compiled, params, batches)  # Warm-up pass.
+  seconds = []
+  for _ in range(_REPEATS.value):
+    elapsed, outputs = run(compiled, params, batches)
+    seconds.append(elapsed)
+  sequences = [sequences_of(o)[:r] for o, r in zip(outputs, rows)]
+  np.save(_OUTPUT.value, np.concatenate(sequences))
+  return dict(compile_s=compile_s, seconds=statistics.median(seconds), sentences=sum(rows),
+              tokens=sum(int((s != 0).sum()) for s in sequences), num_batches=num_batches,
+              batch_shape=list(batches[0].shape), d_model=model_cfg.d_model,
+              layers=model_cfg.num_encoder_layers, vocab=model_cfg.vocab_size,
+              jax=jax.__version__, device_kind=device.device_kind, platform=device.platform)
+
+
+def main(argv):
+  del argv
+  try:
+    device = jax.devices()[0] if _DEVICE.value == "auto" else jax.devices(_DEVICE.value)[0]
+  except RuntimeError as e:
+    raise app.UsageError(f"--device={_DEVICE.value}: JAX has no such backend here ({e})") from e
+  if _WORKER.value:
+    method, impl = _WORKER.value.split(":")
+    with jax.default_device(device), jax.default_matmul_precision(_PRECISION.value):
+      result = run_worker(device, method, impl)
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+  run_benchmark()
+
+
+def _worker_argv(method: str, impl: str, output: str) -> list[str]:
+  flag_names = ("manual_dir", "num_batches", "batch_size", "max_decode_len", "beam_size",
+                "repeats", "device", "dtype", "precision")
+  return ([sys.executable, os.path.abspath(__file__), f"--worker={method}:{impl}",
+           f"--output={output}"] + [f"--{n}={flags.FLAGS[n].value}" for n in flag_names])
+
+
+def run_benchmark() -> None:
+  """Runs the four workers one at a time and prints the table and the ratio line."""
+  print(f"cpus={os.cpu_count()} load average={os.getloadavg()}; dtype={_DTYPE.value}, matmul "
+        f"precision={_PRECISION.value}; each (method, implementation) in its own process, one "
+        "at a time")
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for method in ("greedy", "beam"):
+      for impl in ("cached", "no-cache"):
+        output = os.path.join(tmp, f"{method}_{impl}.npy")
+        r = common.run_worker(_worker_argv(method, impl, output), label=f"{method} {impl}",
+                              max_load=_MAX_LOAD.value, wait_s=_LOAD_WAIT.value)
+        r["sequences"] = np.load(output)
+        results[method, impl] = r
+  first = results["greedy", "cached"]
+  print(f"jax {first['jax']} device={first['device_kind']} ({first['platform']}); Multi30k "
+        f"validation: {first['num_batches']} batches of {tuple(first['batch_shape'])}; timing "
+        f"{_NUM_BATCHES.value} batches = {first['sentences']} sentences; model small (D="
+        f"{first['d_model']}, {first['layers']}+{first['layers']} layers, V={first['vocab']}), "
+        f"random weights, max_decode_len={_MAX_DECODE_LEN.value} (fixed), beam {_BEAM.value}, "
+        f"median of {_REPEATS.value} passes after a warm-up pass")
   print(f"{'method':<7} {'impl':<9} {'compile s':>9} {'seconds':>8} {'sent/s':>8} "
-        f"{'tok/s':>9} {'same as baseline':>17}")
+        f"{'tok/s':>9} {'same as no-cache':>17} {'load':>10}")
   ratios = []
-  for name, (ours, base) in make_programs(graphdef, length, _BEAM.value).items():
-    programs, compile_s, seconds, outputs = {}, {}, {}, {}
-    for impl, program in (("cached", ours), ("no-cache", base)):
-      start = time.perf_counter()
-      programs[impl] = program.lower(params, batches[0]).compile()
-      compile_s[impl] = time.perf_counter() - start
-      seconds[impl] = []
-    for _ in range(_REPEATS.value):  # Alternating, so load changes hit both alike.
-      for impl, program in programs.items():
-        elapsed, outputs[impl] = run(program, params, batches)
-        seconds[impl].append(elapsed)
-    timings = {impl: (compile_s[impl], statistics.median(seconds[impl]), outputs[impl])
-               for impl in programs}
-    ours_out = [sequences_of(o) for o in timings["cached"][2]]
-    base_out = [sequences_of(o) for o in timings["no-cache"][2]]
-    same = sum(int((a == b).all(axis=1)[:r].sum()) for a, b, r in zip(ours_out, base_out, rows))
-    for impl in ("cached", "no-cache"):
-      compile_s, elapsed, outputs = timings[impl]
-      tokens = sum(int((sequences_of(o)[:r] != 0).sum()) for o, r in zip(outputs, rows))
-      print(f"{name:<7} {impl:<9} {compile_s:>9.1f} {elapsed:>8.2f} {sum(rows) / elapsed:>8.1f} "
-            f"{tokens / elapsed:>9,.0f} {f'{same}/{sum(rows)}':>17}")
-    ratios.append(f"{name} {timings['no-cache'][1] / timings['cached'][1]:.1f}x")
+  for method in ("greedy", "beam"):
+    cached, base = results[method, "cached"], results[method, "no-cache"]
+    same = int((cached["sequences"] == base["sequences"]).all(axis=1).sum())
+    for impl, r in (("cached", cached), ("no-cache", base)):
+      matching = f"{same}/{r['sentences']}"
+      print(f"{method:<7} {impl:<9} {r['compile_s']:>9.1f} {r['seconds']:>8.2f} "
+            f"{r['sentences'] / r['seconds']:>8.1f} {r['tokens'] / r['seconds']:>9,.0f} "
+            f"{matching:>17} "
+            f"{r['load_before']:>4.2f}/{r['load_after']:<4.2f}{'  LOADED' if r['loaded'] else ''}")
+    if cached["loaded"] or base["loaded"]:
+      ratios.append(f"{method} not measured (load above {_MAX_LOAD.value})")
+    else:
+      ratios.append(f"{method} {base['seconds'] / cached['seconds']:.1f}x")
   print("ratio cached/no-cache sentences/s: " + ", ".join(ratios))
 
 

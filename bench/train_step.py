@@ -1,35 +1,68 @@
-"""Training-step benchmark: our Transformer against `torch.nn.Transformer` on the CPU, and model
-FLOPs utilization (MFU) with bf16 compute on an accelerator.
+"""Training-step benchmark: our Transformer against `torch.nn.Transformer` and the Flax WMT
+example's Transformer on the CPU, and model FLOPs utilization (MFU) with bf16 compute on an
+accelerator.
 
-  python bench/train_step.py                      # CPU: both configurations, throughput + memory
-  python bench/train_step.py --configs=small --steps=15 --memory=false
-  python bench/train_step.py --throughput=false   # CPU: peak memory only
+  python bench/train_step.py                        # CPU: small and base, every peer, 1 round
+  python bench/train_step.py --configs=small --rounds=2
+  python bench/train_step.py --peers= --ab_roots=before=/tmp/main_before  # A/B of a change
   python bench/train_step.py --device=gpu --manual_dir=runs/multi30k   # GPU: base and big, MFU
-  python bench/train_step.py --smoke              # every accelerator code path, tiny, any host
+  python bench/train_step.py --smoke                # every accelerator code path, tiny, any host
 
 (from the repository root, with the package installed or PYTHONPATH=.).
 
-CPU (`--device=cpu`, the default where JAX has no GPU): one step = forward + backward + Adam
-(beta2 0.98, eps 1e-9), dropout 0.1, label smoothing 0.1, shared source/target embedding tied to
-the output layer, post-LN, ReLU, float32, on random unpadded batches. Ours is the project's own
-`transformer.training.steps.train_step`, jitted once with the state donated; the peer is eager
-CPU torch with the same shapes and inputs. Throughput is measured in ONE process, alternating
-blocks of steps of the two frameworks so that load from other processes hits both alike;
-tokens/s = B * (S + T) / median step time. Peak memory (VmHWM) is measured in a fresh
-subprocess per framework and configuration, since one process holding both frameworks would
-mix them; both workers return their freed heap to the system after building (and we after
-compiling, see `common.release_freed_heap`), and the figures without that are printed too.
-The last printed line is the ratio.
+CPU method. Every implementation runs in its own worker process (`--worker=...`), one after
+the other, never two at once: two frameworks in one process, or beside another busy process,
+fight over the cores and measure that fight, not their speed (an earlier version of this
+script alternated our step and torch's in one process on a machine with a load average of
+5-11, and reported 8-11x torch where the truth on an idle machine was 1.2-1.3x). Before each
+worker the script waits up to `--load_wait` seconds for the 1-minute load average to fall to
+`--max_load`; it prints the load before and after each worker, and a row measured with the
+load above `--max_load` at its start is marked LOADED and left out of the ratios.
+
+One step = forward + backward + Adam (beta2 0.98, eps 1e-9), dropout 0.1, label smoothing 0.1,
+shared source/target embedding tied to the output layer, post-LN, ReLU, float32, on random
+unpadded batches; tokens/s = B * (S + T) / median step time (each step synced).
+- ours: `transformer.training.steps.train_step` through `bench/jax_runner.py`, jitted once with
+  the state donated; the worker fails if the step was traced more than once or XLA compiled
+  anything during the timed steps.
+- torch: `torch.nn.Transformer` eager, `--threads` intra-op threads (2, the machine's cores),
+  built by `TorchRunner` below to the same shapes.
+- flax_wmt: the Linen Transformer of the Flax repository's `examples/wmt`, jitted, through
+  `../shared/peers/bench_flax_wmt.py` when that file exists (`--peers_dir`); skipped with a
+  note otherwise. It is pre-LN and also drops out attention weights (the example's defaults).
+Peak memory is each worker process's peak resident set (`ru_maxrss` from `wait4`, the same
+measure for every implementation; the parent imports neither framework).
+
+FLOPs. Model FLOPs per step count matrix multiplications only (2 per multiply-add) and the
+backward pass as twice the forward (`transformer.model.encoder_decoder_train_flops`):
+
+  step FLOPs = 3 * [ L_enc * (8 B S D^2 + 4 B S^2 D + 4 B S D F)
+                   + L_dec * (8 B T D^2 + 4 B T^2 D            # causal self-attention
+                              + 4 B T D^2 + 4 B S D^2 + 4 B T S D   # cross-attention
+                              + 4 B T D F)
+                   + 2 B T D V ]                                # tied output layer
+
+that is 6 FLOPs per weight per token on its side (encoder weights x source tokens, decoder
+weights x target tokens, cross-attention K/V weights x source tokens), plus the attention
+scores and weighted values (full T x S matrices), plus the tied output layer; embeddings,
+norms, softmax, dropout and the optimizer are not counted. The same count serves every
+implementation (same shapes, same architecture). Each run also measures the machine's float32
+matmul rate (a jitted `--matmul_size` square matmul, in its own worker, before the first and
+after the last configuration) and prints achieved model FLOP/s and their percentage of that
+rate: on a 2-core machine this says how close to the hardware a step is, across machines that
+differ (some lack AVX-512) where raw tokens/s do not compare.
 
 GPU (`--device=gpu`, the default where JAX has one): the paper's base and big models in bf16
 compute (float32 parameters, float32 softmax, norms, logits and loss) with cuDNN fused attention,
 about 25k source + 25k target tokens per step; see `bench/mfu.py`. The last line is the MFU.
 """
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import statistics
-import subprocess
 import sys
 
 from absl import app
@@ -38,21 +71,27 @@ from absl import flags
 import common
 
 _CONFIGS = flags.DEFINE_list(
-    "configs", None, "Configurations (runner.CONFIGS keys); default small,base on the CPU, "
+    "configs", None, "Configurations (common.CONFIGS keys); default small,base on the CPU, "
     "gpu_base,gpu_big on a GPU, smoke with --smoke.")
 _DEVICE = flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"],
-                            "cpu: float32 against torch; gpu: bf16 MFU; auto: gpu if JAX has one.")
+                            "cpu: float32 against peers; gpu: bf16 MFU; auto: gpu if JAX has one.")
 _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Run the accelerator path with tiny shapes on any device (CPU included).")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per framework (>= 15).")
-_BLOCK = flags.DEFINE_integer("block", 5, "Steps per framework before switching to the other.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compilation.")
-_THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads (the issue's setting).")
-_ALSO_ONE = flags.DEFINE_bool(
-    "also_one_thread", True,
-    "Also time torch with 1 thread: on a loaded 2-core machine 2 OpenMP threads can be slower.")
-_MEMORY = flags.DEFINE_bool("memory", True, "Also measure peak RSS in one subprocess each.")
-_THROUGHPUT = flags.DEFINE_bool("throughput", True, "Measure throughput (else memory only).")
+_STEPS = flags.DEFINE_integer("steps", 15, "Timed steps per worker (>= 15; median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps per worker after compilation.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Rounds over every implementation and config.")
+_THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
+_PEERS = flags.DEFINE_list("peers", ["torch", "flax_wmt"], "Peers to time: torch, flax_wmt.")
+_PEERS_DIR = flags.DEFINE_string(
+    "peers_dir", os.path.join("..", "shared", "peers"),
+    "Directory of bench_flax_wmt.py and flax_wmt/ (the Flax WMT peer); skipped if absent.")
+_AB_ROOTS = flags.DEFINE_list(
+    "ab_roots", [], "LABEL=DIR,...: also time our step with the `transformer` package of each "
+    "checkout DIR (row 'ours@LABEL'), for A/B comparisons of changes; each in its own process.")
+_MAX_LOAD = flags.DEFINE_float("max_load", 1.5, "Highest 1-minute load average to start a worker.")
+_LOAD_WAIT = flags.DEFINE_integer("load_wait", 180, "Seconds to wait for the load to fall.")
+_MATMUL_CPU = flags.DEFINE_integer("matmul_size_cpu", 2048, "CPU: n of the float32 matmul.")
+_JSON = flags.DEFINE_string("json", None, "Also write every row as JSON to this file.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Accelerator: override B (0 = the config's).")
 _MATMUL = flags.DEFINE_integer("matmul_size", 8192, "Accelerator: n of the n^3 bf16 matmul.")
 _ATTENTION = flags.DEFINE_enum(
@@ -64,10 +103,12 @@ _PIPELINE = flags.DEFINE_string(
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data/multi30k",
                                   "Raw Multi30k files for the idle-time loop.")
 _PIPELINE_STEPS = flags.DEFINE_integer("pipeline_steps", 30, "Steps per idle-time loop.")
-_WORKER = flags.DEFINE_string("worker", None, "Internal: 'jax' or 'torch' memory worker.")
+_WORKER = flags.DEFINE_string(
+    "worker", None, "Internal: 'ours', 'torch', 'flax_wmt' or 'matmul'.")
 _WORKER_CONFIG = flags.DEFINE_string("worker_config", "small", "Internal: config of the worker.")
-_RELEASE_HEAP = flags.DEFINE_bool(
-    "release_heap", True, "Internal: memory workers return freed heap after building.")
+
+_BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+_REPO_ROOT = os.path.dirname(_BENCH_DIR)
 
 
 class TorchRunner:
@@ -79,8 +120,8 @@ class TorchRunner:
     import torch  # pylint: disable=g-import-not-at-top
 
     torch.manual_seed(0)
+    torch.set_num_threads(threads)
     self.torch = torch
-    self.threads = threads
     d, v = cfg["d_model"], cfg["vocab"]
     self.embedding = torch.nn.Embedding(v, d)
     torch.nn.init.normal_(self.embedding.weight, std=d**-0.5)
@@ -101,8 +142,7 @@ class TorchRunner:
     batch = common.make_batch(cfg)
     self.inputs = torch.from_numpy(batch["inputs"]).long()
     self.targets = torch.from_numpy(batch["targets"]).long()
-    targets = batch["targets"]
-    bos = torch.full((targets.shape[0], 1), 2, dtype=torch.long)
+    bos = torch.full((self.targets.shape[0], 1), 2, dtype=torch.long)
     self.decoder_inputs = torch.cat([bos, self.targets[:, :-1]], dim=1)
     self.causal = torch.nn.Transformer.generate_square_subsequent_mask(cfg["tgt"])
     self.loss = None
@@ -111,15 +151,16 @@ class TorchRunner:
     x = self.embedding(ids) * self.scale + self.positions[:ids.shape[1]]
     return self.dropout(x)
 
+  def compile(self) -> float:
+    return 0.0  # Eager.
+
   def step(self) -> None:
-    torch = self.torch
-    torch.set_num_threads(self.threads)  # Global in torch; two runners may differ.
     self.net.train()
     self.optimizer.zero_grad(set_to_none=True)
     hidden = self.net(self._embed(self.inputs), self._embed(self.decoder_inputs),
                       tgt_mask=self.causal, tgt_is_causal=True)
     logits = hidden @ self.embedding.weight.T  # (B, T, V), tied output layer
-    loss = torch.nn.functional.cross_entropy(
+    loss = self.torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), label_smoothing=0.1)
     loss.backward()
     self.optimizer.step()
@@ -129,118 +170,158 @@ class TorchRunner:
     return float(self.loss.detach())
 
 
-def run_worker(framework: str, name: str) -> None:
-  """Memory worker: build, compile, run a few steps; print JSON with the peak RSS."""
+def run_step_worker(framework: str, name: str) -> dict:
+  """Worker body: build, compile, warm up, time; returns the RESULT dict."""
   shape = common.CONFIGS[name]
-  if framework == "jax":
+  if framework == "ours":
     import jax  # pylint: disable=g-import-not-at-top
 
     import jax_runner  # pylint: disable=g-import-not-at-top
+    from transformer import model as model_lib  # pylint: disable=g-import-not-at-top
 
     runner = jax_runner.JaxRunner(shape, device=jax.devices("cpu")[0])
-    runner.compile()
+    extra = dict(jax=jax.__version__, package=os.path.dirname(os.path.dirname(
+        model_lib.__file__)))
   else:
+    import torch  # pylint: disable=g-import-not-at-top
+
     runner = TorchRunner(shape, _THREADS.value)
-  if _RELEASE_HEAP.value:
-    common.release_freed_heap()
-  common.timed_steps(runner, 6)
-  print(json.dumps({"peak_rss_mib": common.peak_rss_mib()}))
+    extra = dict(torch=torch.__version__, threads=torch.get_num_threads())
+  compile_s = runner.compile()
+  common.timed_steps(runner, _WARMUP.value)
+  compiles = getattr(runner, "backend_compiles", 0)
+  times = common.timed_steps(runner, _STEPS.value)
+  if framework == "ours":
+    recompiles = runner.backend_compiles - compiles
+    if runner.traces != 1 or recompiles:
+      raise RuntimeError(f"our step was traced {runner.traces} times (expected 1) and XLA "
+                         f"compiled {recompiles} programs during the timed steps (expected 0)")
+    runner.close()
+    extra.update(traces=runner.traces, recompiles=recompiles)
+  return dict(step_s=statistics.median(times), compile_s=compile_s, loss=runner.sync(), **extra)
 
 
-def measure_memory(framework: str, name: str, release_heap: bool = True) -> float:
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-  out = subprocess.run(
-      [sys.executable, __file__, f"--worker={framework}", f"--worker_config={name}",
-       f"--threads={_THREADS.value}", f"--release_heap={release_heap}"],
-      check=True, capture_output=True, text=True, env=env).stdout
-  return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+def run_matmul_worker(size: int) -> dict:
+  """Worker body: FLOP/s of a jitted float32 (size x size) @ (size x size) on the CPU."""
+  import mfu  # pylint: disable=g-import-not-at-top
+
+  return dict(flops_per_s=mfu.measure_matmul_rate(size, dtype="float32", repeats=20))
 
 
-def memory_row(name: str) -> dict:
-  """Peak RSS of both frameworks, with and without returning the freed heap."""
-  return {f"{framework}_{trim}": measure_memory(framework, name, trim == "trim")
-          for framework in ("jax", "torch") for trim in ("trim", "raw")}
+def _env(package_root: str) -> dict:
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [package_root, _BENCH_DIR, os.environ.get("PYTHONPATH", "")]))
 
 
-def run_config(name: str) -> dict:
-  """Interleaved throughput of both frameworks on one configuration."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _worker_argv(worker: str, name: str) -> list[str]:
+  return [sys.executable, os.path.abspath(__file__), f"--worker={worker}",
+          f"--worker_config={name}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
+          f"--threads={_THREADS.value}", f"--matmul_size_cpu={_MATMUL_CPU.value}",
+          f"--peers_dir={os.path.abspath(_PEERS_DIR.value)}"]
 
+
+def _run_worker(argv: list[str], env: dict, label: str) -> dict:
+  return common.run_worker(argv, label=label, max_load=_MAX_LOAD.value,
+                           wait_s=_LOAD_WAIT.value, env=env, cwd=_REPO_ROOT)
+
+
+def measure_matmul() -> float:
+  r = _run_worker(_worker_argv("matmul", "small"), _env(_REPO_ROOT),
+                  f"matmul {_MATMUL_CPU.value}^3 f32")
+  return r["flops_per_s"]
+
+
+def implementations() -> list[tuple[str, str, str]]:
+  """(row label, worker, package root) of each implementation to time."""
+  impls = [("ours", "ours", _REPO_ROOT)]
+  for entry in _AB_ROOTS.value:
+    label, _, root = entry.partition("=")
+    impls.append((f"ours@{label}", "ours", os.path.abspath(root)))
+  if "torch" in _PEERS.value:
+    impls.append((f"torch{_THREADS.value}", "torch", _REPO_ROOT))
+  if "flax_wmt" in _PEERS.value and os.path.isfile(_flax_wmt_script()):
+    impls.append(("flax_wmt", "flax_wmt", _REPO_ROOT))
+  return impls
+
+
+def _flax_wmt_script() -> str:
+  return os.path.join(os.path.abspath(_PEERS_DIR.value), "bench_flax_wmt.py")
+
+
+def measure(label: str, worker: str, package_root: str, name: str) -> dict:
+  """One implementation on one configuration, in its own process."""
+  r = _run_worker(_worker_argv(worker, name), _env(package_root), f"{label} {name}")
+  if worker == "flax_wmt":
+    r["step_s"] = r["step_ms_median"] / 1e3
+  return r
+
+
+def run_flax_wmt_worker(name: str) -> dict:
+  """Worker body: the peer script `bench_flax_wmt.py`, run in this process; its RESULT dict.
+
+  Run through this worker (not as its own command) so that its peak memory is read the same
+  way as every other implementation's.
+  """
+  script = _flax_wmt_script()
+  os.environ.setdefault("FLAX_WMT_DIR", os.path.join(os.path.dirname(script), "flax_wmt"))
+  sys.argv = [script, "--config", name, "--warmup", str(_WARMUP.value),
+              "--steps", str(_STEPS.value)]
+  captured = io.StringIO()
+  with contextlib.redirect_stdout(captured):
+    runpy.run_path(script, run_name="__main__")
+  lines = [line for line in captured.getvalue().splitlines() if line.startswith("RESULT ")]
+  if not lines:
+    raise RuntimeError(f"{script} printed no RESULT line:\n{captured.getvalue()[-2000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_cpu(names: list[str]) -> list[dict]:
+  """Every implementation on every configuration, one process at a time; prints the table."""
+  from transformer import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  print(f"cpus={os.cpu_count()} load average={os.getloadavg()} XLA_FLAGS="
+        f"{os.environ.get('XLA_FLAGS', '')!r}; steps={_STEPS.value} (median) after "
+        f"warmup={_WARMUP.value}, rounds={_ROUNDS.value}; float32; dropout 0.1, label smoothing "
+        "0.1, Adam; each implementation in its own process, one at a time")
+  if "flax_wmt" in _PEERS.value and not os.path.isfile(_flax_wmt_script()):
+    print(f"note: {_flax_wmt_script()} not found: the Flax WMT peer is skipped")
+  rows = []
+  matmul = [measure_matmul()]
+  for round_index in range(_ROUNDS.value):
+    for name in names:
+      shape = common.CONFIGS[name]
+      flops = model_lib.encoder_decoder_train_flops(
+          _model_config(shape), shape["batch"], shape["src"], shape["tgt"])
+      for label, worker, package_root in implementations():
+        r = measure(label, worker, package_root, name)
+        rows.append(dict(r, impl=label, config=name, round=round_index, flops=flops,
+                         tokens=shape["batch"] * (shape["src"] + shape["tgt"])))
+  matmul.append(measure_matmul())
+  rate = statistics.mean(matmul)
+  print(f"float32 matmul rate ({_MATMUL_CPU.value}^3, jitted): "
+        + " / ".join(f"{m / 1e9:.1f}" for m in matmul) + " GFLOP/s (before / after)")
+  print(f"{'config':<6} {'impl':<9} {'round':>5} {'tok/s':>8} {'step ms':>8} {'GFLOP/s':>8} "
+        f"{'% matmul':>8} {'peak MiB':>8} {'compile s':>9} {'load':>9}")
+  for r in rows:
+    achieved = r["flops"] / r["step_s"]
+    r.update(tokens_per_s=r["tokens"] / r["step_s"], flops_per_s=achieved,
+             matmul_fraction=achieved / rate)
+    print(f"{r['config']:<6} {r['impl']:<9} {r['round']:>5} {r['tokens_per_s']:>8,.0f} "
+          f"{1e3 * r['step_s']:>8.1f} {achieved / 1e9:>8.1f} {100 * achieved / rate:>7.1f}% "
+          f"{r.get('peak_rss_mib', float('nan')):>8.0f} {r.get('compile_s', 0.0):>9.1f} "
+          f"{r['load_before']:>4.2f}/{r['load_after']:<4.2f}"
+          f"{'  LOADED' if r['loaded'] else ''}")
+  print(common.ratio_line(rows, names))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(dict(matmul_flops_per_s=matmul, rows=rows), f, indent=1)
+  return rows
+
+
+def _model_config(shape: dict):
   import jax_runner  # pylint: disable=g-import-not-at-top
 
-  shape = common.CONFIGS[name]
-  tokens = shape["batch"] * (shape["src"] + shape["tgt"])
-  ours = jax_runner.JaxRunner(shape, device=jax.devices("cpu")[0])
-  compile_s = ours.compile()
-  peer = TorchRunner(shape, _THREADS.value)
-  runners = [ours, peer] + ([TorchRunner(shape, 1)] if _ALSO_ONE.value else [])
-  for runner in runners:
-    common.timed_steps(runner, _WARMUP.value)
-  times = [[] for _ in runners]
-  compiles = ours.backend_compiles
-  while len(times[0]) < _STEPS.value:
-    n = min(_BLOCK.value, _STEPS.value - len(times[0]))
-    for runner, runner_times in zip(runners, times):
-      runner_times += common.timed_steps(runner, n)
-  if ours.traces != 1 or ours.backend_compiles != compiles:
-    raise RuntimeError(f"our step was traced {ours.traces} times (expected 1) and XLA compiled "
-                       f"{ours.backend_compiles - compiles} programs during the timed steps "
-                       "(expected 0)")
-  ours.close()
-  medians = [statistics.median(t) for t in times]
-  result = dict(
-      name=name, tokens=tokens, compile_s=compile_s, traces=ours.traces,
-      recompiles=ours.backend_compiles - compiles,
-      ours_s=medians[0], peer_s=medians[1], peer1_s=medians[2] if _ALSO_ONE.value else None)
-  if _MEMORY.value:
-    result.update(memory_row(name))
-  return result
-
-
-def print_memory_table(names: list[str]) -> None:
-  t = _THREADS.value
-  print(f"{'config':<6} {'ours MiB':>8} {f'torch{t} MiB':>10} {'ours raw':>8} "
-        f"{f'torch{t} raw':>10}  (peak RSS, VmHWM; raw = freed heap not returned)")
-  for name in names:
-    m = memory_row(name)
-    print(f"{name:<6} {m['jax_trim']:>8.0f} {m['torch_trim']:>10.0f} {m['jax_raw']:>8.0f} "
-          f"{m['torch_raw']:>10.0f}", flush=True)
-
-
-def run_cpu(names: list[str]) -> None:
-  """The CPU comparison against torch; prints the table and the ratio line."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-
-  print(f"jax {jax.__version__} devices={jax.devices()} XLA_FLAGS="
-        f"{os.environ.get('XLA_FLAGS', '')!r}; torch {torch.__version__} eager, "
-        f"threads={_THREADS.value}; cpus={os.cpu_count()} load average={os.getloadavg()}")
-  print(f"steps={_STEPS.value} per framework (median), alternating blocks of {_BLOCK.value}, "
-        f"warmup={_WARMUP.value}; float32; dropout 0.1, label smoothing 0.1, Adam")
-  if not _THROUGHPUT.value:
-    print_memory_table(names)
-    return
-  results = [run_config(name) for name in names]
-  t = _THREADS.value
-  print(f"{'config':<6} {'ours tok/s':>11} {f'torch{t} tok/s':>12} {'torch1 tok/s':>12} "
-        f"{'ours ms':>8} {f'torch{t} ms':>9} {'torch1 ms':>9} {'compile s':>9} {'traces':>6} "
-        f"{'recomp':>6} {'ours MiB':>8} {'torch MiB':>9} {'ours raw':>8} {'torch raw':>9}")
-  for r in results:
-    peer1 = (f"{r['tokens'] / r['peer1_s']:>12,.0f}", f"{1e3 * r['peer1_s']:>9.1f}") if (
-        r["peer1_s"]) else (f"{'-':>12}", f"{'-':>9}")
-    mem = (f"{r['jax_trim']:>8.0f} {r['torch_trim']:>9.0f} {r['jax_raw']:>8.0f} "
-           f"{r['torch_raw']:>9.0f}" if "jax_trim" in r else " ".join(
-               [f"{'-':>8}", f"{'-':>9}", f"{'-':>8}", f"{'-':>9}"]))
-    print(f"{r['name']:<6} {r['tokens'] / r['ours_s']:>11,.0f} "
-          f"{r['tokens'] / r['peer_s']:>12,.0f} {peer1[0]} {1e3 * r['ours_s']:>8.1f} "
-          f"{1e3 * r['peer_s']:>9.1f} {peer1[1]} {r['compile_s']:>9.1f} {r['traces']:>6} "
-          f"{r['recompiles']:>6} {mem}")
-  print(f"load average at the end: {os.getloadavg()}")
-  print("ratio ours/torch tokens/s: " + ", ".join(
-      f"{r['name']} {r['peer_s'] / r['ours_s']:.2f}x vs {t} threads"
-      + (f", {r['peer1_s'] / r['ours_s']:.2f}x vs 1 thread" if r["peer1_s"] else "")
-      for r in results))
+  return jax_runner.model_config(shape)
 
 
 def run_accelerator(names: list[str]) -> None:
@@ -265,6 +346,20 @@ def run_accelerator(names: list[str]) -> None:
   print("\n".join(lines))
 
 
+def run_worker(worker: str, name: str) -> None:
+  """Entry of a worker process: prints one RESULT line, with the process's peak memory."""
+  if worker == "matmul":
+    result = run_matmul_worker(_MATMUL_CPU.value)
+  elif worker in ("ours", "torch"):
+    result = run_step_worker(worker, name)
+  elif worker == "flax_wmt":
+    result = run_flax_wmt_worker(name)
+  else:
+    raise ValueError(f"unknown worker {worker!r}")
+  result["peak_rss_mib"] = common.peak_rss_mib()
+  print("RESULT " + json.dumps(result), flush=True)
+
+
 def main(argv):
   del argv
   if _WORKER.value:
@@ -275,16 +370,23 @@ def main(argv):
   accelerator = _SMOKE.value or _DEVICE.value == "gpu" or (
       _DEVICE.value == "auto" and jax.default_backend() == "gpu")
   if _DEVICE.value == "gpu" and jax.default_backend() != "gpu" and not _SMOKE.value:
-    raise ValueError(f"--device=gpu but JAX's backend is {jax.default_backend()!r}; use "
-                     "--smoke to exercise the accelerator path on a CPU")
+    raise app.UsageError(f"--device=gpu but JAX's backend is {jax.default_backend()!r}; use "
+                         "--smoke to exercise the accelerator path on a CPU")
   default = ["smoke"] if _SMOKE.value else (["gpu_base", "gpu_big"] if accelerator
                                             else ["small", "base"])
   names = _CONFIGS.value or default
   for name in names:
     if name not in common.CONFIGS:
-      raise ValueError(f"unknown config {name!r}; choose from {sorted(common.CONFIGS)}")
+      raise app.UsageError(f"unknown config {name!r}; choose from {sorted(common.CONFIGS)}")
+  for entry in _AB_ROOTS.value:
+    label, _, root = entry.partition("=")
+    if not label or not os.path.isdir(os.path.join(root, "transformer")):
+      raise app.UsageError(f"--ab_roots entry {entry!r} is not LABEL=DIR with DIR/transformer")
+  unknown = set(_PEERS.value) - {"torch", "flax_wmt", ""}
+  if unknown:
+    raise app.UsageError(f"unknown peers {sorted(unknown)}; choose from torch, flax_wmt")
   if _STEPS.value < 15 and not _SMOKE.value:
-    raise ValueError(f"--steps must be >= 15, got {_STEPS.value}")
+    raise app.UsageError(f"--steps must be >= 15, got {_STEPS.value}")
   if accelerator:
     run_accelerator(names)
   else:

@@ -1,7 +1,9 @@
 """The benchmarks' FLOP counter (by hand and against the model's own matmuls) and the
 accelerator benchmark's smoke mode, which runs every line of bench/mfu.py on the CPU."""
 
+import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -99,3 +101,64 @@ def test_accelerator_benchmark_smoke_mode_runs_every_path():
   row = next(line for line in lines if line.startswith("smoke ")).split()
   # Attention path actually used, trace count, XLA compilations during the timed steps.
   assert (row[1], row[-3], row[-2]) == ("xla", "1", "0"), row
+
+
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "bench")
+
+
+def test_run_worker_marks_a_measurement_started_under_load():
+  argv = [sys.executable, "-c", "print('noise'); print('RESULT {\"step_s\": 0.5}')"]
+  quiet = common.run_worker(argv, label="quiet", max_load=1e6, wait_s=0)
+  assert quiet["step_s"] == 0.5 and not quiet["loaded"]
+  loaded = common.run_worker(argv, label="loaded", max_load=-1.0, wait_s=0)
+  assert loaded["loaded"] and loaded["load_before"] >= 0.0
+
+
+def test_run_worker_reports_a_failing_worker():
+  argv = [sys.executable, "-c", "import sys; sys.exit('worker broke')"]
+  with pytest.raises(RuntimeError, match="worker broke"):
+    common.run_worker(argv, label="broken", max_load=1e6, wait_s=0)
+
+
+def _row(impl, step_s, loaded=False, config="small"):
+  return dict(impl=impl, step_s=step_s, loaded=loaded, config=config)
+
+
+def test_ratio_line_uses_unloaded_rows_and_the_best_peer():
+  rows = [_row("ours", 1.0), _row("ours", 3.0, loaded=True), _row("torch2", 2.0),
+          _row("flax_wmt", 1.5), _row("flax_wmt", 0.1, loaded=True)]
+  line = common.ratio_line(rows, ["small"])
+  assert "2.00x torch2" in line and "1.50x flax_wmt" in line, line
+  assert "1.50x the best peer" in line, line
+  assert "no unloaded measurement of ours" in common.ratio_line(
+      [_row("ours", 1.0, loaded=True)], ["small"])
+
+
+def test_cpu_benchmark_times_each_implementation_in_its_own_process(tmp_path):
+  """The CPU path end to end on tiny shapes: matmul rate, ours and torch, MFU, the ratio."""
+  out = tmp_path / "rows.json"
+  result = subprocess.run(
+      [sys.executable, os.path.join(_BENCH_DIR, "train_step.py"), "--device=cpu",
+       "--configs=smoke", "--peers=torch", "--steps=15", "--warmup=1", "--max_load=1e6",
+       "--load_wait=0", "--matmul_size_cpu=256", f"--json={out}"],
+      capture_output=True, text=True, check=False, timeout=600,
+      env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+          [os.path.dirname(_BENCH_DIR), os.environ.get("PYTHONPATH", "")])))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  by_impl = {r["impl"]: r for r in rows}
+  assert set(by_impl) == {"ours", "torch2"}, by_impl
+  ours = by_impl["ours"]
+  # Our step ran in its own process (its own jax import) and was compiled exactly once.
+  assert ours["traces"] == 1 and ours["recompiles"] == 0 and "jax" in ours
+  assert "torch" in by_impl["torch2"] and "jax" not in by_impl["torch2"]
+  assert all(r["peak_rss_mib"] > 0 and 0 < r["matmul_fraction"] for r in rows)
+  shape = common.CONFIGS["smoke"]
+  assert ours["flops"] == model_lib.encoder_decoder_train_flops(
+      jax_runner.model_config(shape), shape["batch"], shape["src"], shape["tgt"])
+  assert "ratio (tokens/s of ours / of the other): smoke: ours" in result.stdout
+  assert "x torch2; " in result.stdout and "the best peer" in result.stdout

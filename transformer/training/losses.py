@@ -27,7 +27,8 @@ def _check_shapes(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> 
 
 
 @jax.custom_vjp
-def _token_terms(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _token_terms(logits: jax.Array,
+                 targets: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-token reductions over the vocabulary, in float32.
 
   A custom VJP keeps the backward pass to one elementwise pass over the logits, writing the
@@ -39,7 +40,12 @@ def _token_terms(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.
     targets: (B, T) int token ids.
 
   Returns:
-    (nll (B, T) = lse - z_t, uniform (B, T) = -sum_v log p_v = V * lse - sum_v z_v).
+    (nll (B, T) = lse - z_t, uniform (B, T) = -sum_v log p_v = V * lse - sum_v z_v,
+    correct (B, T) float32: 1.0 where the target logit is the row's maximum). `correct` is the
+    argmax hit of accuracy (a tie for the maximum counts as a hit), read off the row max the
+    loss needs anyway: a separate `argmax` is one more pass over the (B, T, V) logits, a
+    variadic reduce that XLA's CPU backend runs 3-4x slower than a plain max (bench/RESULTS.md).
+    It carries no gradient.
   """
   return _token_terms_fwd(logits, targets)[0]
 
@@ -53,12 +59,13 @@ def _token_terms_fwd(logits, targets):
   target_logit = jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0]  # (B, T)
   nll = shifted_lse - (target_logit - row_max[..., 0])
   uniform = z.shape[-1] * shifted_lse - jnp.sum(z - row_max, axis=-1)
-  return (nll, uniform), (logits, targets, row_max, shifted_lse[..., None])
+  correct = (target_logit >= row_max[..., 0]).astype(jnp.float32)
+  return (nll, uniform, correct), (logits, targets, row_max, shifted_lse[..., None])
 
 
 def _token_terms_bwd(residuals, cotangents):
   logits, targets, row_max, shifted_lse = residuals
-  g_nll, g_uniform = cotangents  # (B, T) each
+  g_nll, g_uniform, _ = cotangents  # (B, T) each; `correct` has no gradient.
   # d nll / dz = p - onehot(t);  d uniform / dz = V p - 1. As in the forward, subtract the row
   # max first: z - max is exact near the max, where p is large.
   probs = jnp.exp((logits.astype(jnp.float32) - row_max) - shifted_lse)  # (B, T, V)
@@ -127,14 +134,13 @@ def compute_metric_sums(
   _check_shapes(logits, targets, weights)
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-  nll, uniform = _token_terms(logits, targets)
+  nll, uniform, correct = _token_terms(logits, targets)
   loss = _smoothed_loss(nll, uniform, logits.shape[-1], label_smoothing)  # (B, T)
-  correct = jnp.argmax(logits, axis=-1) == targets  # (B, T)
   weights = weights.astype(jnp.float32)
   return {
       "loss_sum": jnp.sum(loss * weights),
       "nll_sum": jnp.sum(jax.lax.stop_gradient(nll) * weights),
-      "accuracy_sum": jnp.sum(correct * weights),
+      "accuracy_sum": jnp.sum(jax.lax.stop_gradient(correct) * weights),
       "weight_sum": jnp.sum(weights),
   }
 
@@ -153,7 +159,7 @@ def compute_weighted_nll(
     float32 scalar.
   """
   _check_shapes(logits, targets, weights)
-  nll, _ = _token_terms(logits, targets)
+  nll, _, _ = _token_terms(logits, targets)
   return jnp.sum(nll * weights.astype(jnp.float32))
 
 

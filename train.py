@@ -6,6 +6,11 @@ r"""Trains, evaluates and checkpoints a Transformer (Vaswani et al., 2017).
 Rerunning a command with the same --workdir resumes from its latest checkpoint; SIGTERM or
 Ctrl-C saves a checkpoint first.
 
+Exit status: 0 finished (or already finished); 1 an error (the message says which checkpoint is
+intact); 2 a bad flag, config or workdir (nothing written); 75 stopped by SIGTERM or Ctrl-C with
+a checkpoint saved (rerun to resume); 130 a second Ctrl-C (stopped at once, earlier checkpoints
+intact).
+
 Several hosts run one copy of this program each (see README, "Many hosts"). Under SLURM
 (`srun`), Open MPI (`mpirun`) or on a Cloud TPU slice the processes find each other by
 themselves; elsewhere give every process the same coordinator and count, and its own id:
@@ -32,18 +37,41 @@ from transformer.training import run_config
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "multi30k.py")
 
 
-def _load_config(argv: list[str]):
-  """The config file named by --config (or the default), loaded without overrides."""
+def _config_path(argv: list[str]) -> str:
+  """The config file named by --config (or the default), without a `:argument` suffix."""
   path = _DEFAULT_CONFIG
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1]
     elif arg == "--config" and i + 1 < len(argv):
       path = argv[i + 1]
-  spec = importlib.util.spec_from_file_location("_train_config", path)
+  if not os.path.isfile(path) and ":" in path:
+    path = path.rsplit(":", 1)[0]
+  return path
+
+
+def _load_config(argv: list[str]):
+  """The config file named by --config (or the default), loaded without overrides."""
+  spec = importlib.util.spec_from_file_location("_train_config", _config_path(argv))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config().to_dict()
+
+
+def _fail(status: int, message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Exits (status 2) when the --config file is missing or does not load."""
+  path = _config_path(argv)
+  if not os.path.isfile(path):
+    _fail(loop.EXIT_USAGE, f"--config file {path} does not exist")
+  try:
+    _load_config(argv)
+  except Exception as e:  # Whatever the user's file raises: one line, not a traceback.
+    _fail(loop.EXIT_USAGE, f"--config file {path} does not load: {type(e).__name__}: {e}")
 
 
 def _check_overrides(argv: list[str]) -> None:
@@ -55,11 +83,11 @@ def _check_overrides(argv: list[str]) -> None:
   for override in overrides:
     message = run_config.explain_unknown_field(config, override)
     if message:
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(2)
+      _fail(loop.EXIT_USAGE, message)
 
 
 if __name__ == "__main__":
+  _check_config_file(sys.argv)
   _check_overrides(sys.argv)  # Before DEFINE_config_file, which applies overrides at once.
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/multi30k", "Directory for checkpoints, logs, "
@@ -104,18 +132,27 @@ def main(argv):
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
         local_device_ids=local_device_ids or None)
   except ValueError as e:  # DistributedConfigError, or a --local_device_ids entry.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(loop.EXIT_USAGE, str(e))
   if not distributed.is_main_process():
     logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others only warn.
   logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
                jax.devices())
   logging.info("Config:\n%s", _CONFIG.value)
   try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                      exit_on_second_interrupt=True)
+  except loop.UsageError as e:
+    _fail(loop.EXIT_USAGE, str(e))
   except loop.TrainingError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _fail(loop.EXIT_FAILED, str(e))
+  except KeyboardInterrupt:  # Ctrl-C before training started.
+    print(loop.interrupted_message(_WORKDIR.value), file=sys.stderr, flush=True)
+    os._exit(loop.EXIT_INTERRUPTED)  # Not sys.exit: no waiting on background threads.
+  if summary["stopped_by"] in ("SIGTERM", "SIGINT"):
+    print(f"Stopped by {summary['stopped_by']} at step {summary['final_step']} with a checkpoint "
+          f"saved; rerun the same command to resume (exit status {loop.EXIT_STOPPED}).",
+          file=sys.stderr, flush=True)
+    sys.exit(loop.EXIT_STOPPED)
 
 
 if __name__ == "__main__":

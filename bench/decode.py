@@ -22,14 +22,33 @@ marked LOADED and left out of the ratios); the workers build the same data and t
 (fixed seeds) and write their output tokens to a file, so the parent compares the outputs of
 cached and no-cache decoding token for token. The last line prints the ratios.
 
+With `--workdir=RUN` (a trained translation run), the benchmark instead compares our decoding
+with the ecosystem on the same real sentences (the first `--num_sentences` validation sources of
+the run's source language, raw text in, detokenized text out, all sentences of a pass timed
+together after a warm-up pass): the run is exported to a Marian directory
+(`transformer.convert.export_marian`) and converted to CTranslate2 (`ct2-transformers-converter`),
+then timed, each in its own process, as
+
+- ours: the run's model through `evaluation.Translator` (beam search with the KV cache, one
+  compiled program per source-length bucket, compiled in the warm-up pass; greedy = beam 1),
+- transformers: `MarianMTModel.generate(num_beams=K)` on the export, torch with 2 threads,
+- ctranslate2 float32 and int8: `Translator.translate_batch(beam_size=K)`, 2 threads,
+
+with `--beam_size` beams and `--batch_size` sentences per batch; the last line prints our
+sentences/s as a ratio to each. Each implementation keeps its own length normalization (ours
+the GNMT penalty of the run's config, transformers and CTranslate2 their defaults), so the
+outputs are close but not identical; the table gives the output tokens of each.
+
 `--device` picks the backend (default: JAX's default, i.e. the GPU where there is one);
 `--dtype=bfloat16` decodes with bf16 compute, `--precision=highest` makes float32 matmuls on a
 GPU exact float32 (no TF32), so that cached and no-cache outputs can be compared token for token.
 """
 
+import gzip
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,8 +79,13 @@ _PRECISION = flags.DEFINE_enum("precision", "default", ["default", "high", "high
                                "jax.default_matmul_precision for the whole run.")
 _MAX_LOAD = flags.DEFINE_float("max_load", 1.5, "Highest 1-minute load average to start a worker.")
 _LOAD_WAIT = flags.DEFINE_integer("load_wait", 180, "Seconds to wait for the load to fall.")
+_METHODS = flags.DEFINE_list("methods", ["greedy", "beam"], "Methods to time: greedy, beam.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: METHOD:IMPL of a worker process.")
 _OUTPUT = flags.DEFINE_string("output", None, "Internal: the worker's .npy output file.")
+_RUN = flags.DEFINE_string("workdir", None, "A trained translation run: compare with "
+                           "transformers and CTranslate2 on real sentences instead.")
+_NUM_SENTENCES = flags.DEFINE_integer("num_sentences", 256, "With --workdir: sentences timed.")
+_ECOSYSTEM_DIR = flags.DEFINE_string("ecosystem_dir", None, "Internal: export and sources.")
 
 
 def nocache_init(model, inputs: jax.Array, length: int) -> dict:
@@ -175,13 +199,23 @@ def main(argv):
     device = jax.devices()[0] if _DEVICE.value == "auto" else jax.devices(_DEVICE.value)[0]
   except RuntimeError as e:
     raise app.UsageError(f"--device={_DEVICE.value}: JAX has no such backend here ({e})") from e
+  if _WORKER.value and _WORKER.value.startswith("ecosystem:"):
+    result = run_ecosystem_worker(_WORKER.value.split(":", 1)[1])
+    print("RESULT " + json.dumps(result), flush=True)
+    return
   if _WORKER.value:
     method, impl = _WORKER.value.split(":")
     with jax.default_device(device), jax.default_matmul_precision(_PRECISION.value):
       result = run_worker(device, method, impl)
     print("RESULT " + json.dumps(result), flush=True)
     return
-  run_benchmark()
+  unknown = set(_METHODS.value) - {"greedy", "beam"}
+  if unknown:
+    raise app.UsageError(f"unknown methods {sorted(unknown)}; choose from greedy, beam")
+  if _RUN.value:
+    run_ecosystem_benchmark(_RUN.value)
+  else:
+    run_benchmark()
 
 
 def _worker_argv(method: str, impl: str, output: str) -> list[str]:
@@ -198,14 +232,14 @@ def run_benchmark() -> None:
         "at a time")
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
-    for method in ("greedy", "beam"):
+    for method in _METHODS.value:
       for impl in ("cached", "no-cache"):
         output = os.path.join(tmp, f"{method}_{impl}.npy")
         r = common.run_worker(_worker_argv(method, impl, output), label=f"{method} {impl}",
                               max_load=_MAX_LOAD.value, wait_s=_LOAD_WAIT.value)
         r["sequences"] = np.load(output)
         results[method, impl] = r
-  first = results["greedy", "cached"]
+  first = results[_METHODS.value[0], "cached"]
   print(f"jax {first['jax']} device={first['device_kind']} ({first['platform']}); Multi30k "
         f"validation: {first['num_batches']} batches of {tuple(first['batch_shape'])}; timing "
         f"{_NUM_BATCHES.value} batches = {first['sentences']} sentences; model small (D="
@@ -215,7 +249,7 @@ def run_benchmark() -> None:
   print(f"{'method':<7} {'impl':<9} {'compile s':>9} {'seconds':>8} {'sent/s':>8} "
         f"{'tok/s':>9} {'same as no-cache':>17} {'load':>10}")
   ratios = []
-  for method in ("greedy", "beam"):
+  for method in _METHODS.value:
     cached, base = results[method, "cached"], results[method, "no-cache"]
     same = int((cached["sequences"] == base["sequences"]).all(axis=1).sum())
     for impl, r in (("cached", cached), ("no-cache", base)):
@@ -229,6 +263,171 @@ def run_benchmark() -> None:
     else:
       ratios.append(f"{method} {base['seconds'] / cached['seconds']:.1f}x")
   print("ratio cached/no-cache sentences/s: " + ", ".join(ratios))
+
+
+ECOSYSTEM = ("ours", "transformers", "ctranslate2_float32", "ctranslate2_int8")
+
+
+def _batches(items: list, size: int) -> list[list]:
+  return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _timed_passes(translate_all, sentences: list[str]) -> tuple[float, list[str]]:
+  """Warm-up pass (compilation, caches), then the median of --repeats timed passes."""
+  outputs = translate_all(sentences)
+  seconds = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    outputs = translate_all(sentences)
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds), outputs
+
+
+def _ours_translate_all(workdir: str):
+  """Our beam search over the run's model, one compiled program per 16-token length bucket."""
+  from transformer.training import evaluation  # pylint: disable=g-import-not-at-top
+  from transformer.training import inference  # pylint: disable=g-import-not-at-top
+
+  run = inference.load_run(workdir)
+  tokenizer, setup = run.tokenizer, run.setup
+  batch_size = -(-_BATCH.value // setup.mesh.size) * setup.mesh.size
+  translators = {}
+
+  def translate_all(sentences):
+    outputs = []
+    encoded = [tokenizer.encode(s)[:setup.model_config.max_len - 1] + [tokenizer.eos_id]
+               for s in sentences]
+    for chunk in _batches(encoded, batch_size):
+      length = min(-(-max(len(x) for x in chunk) // 16) * 16, setup.model_config.max_len)
+      inputs = np.full((batch_size, length), tokenizer.pad_id, np.int32)
+      for row, ids in enumerate(chunk):
+        inputs[row, :len(ids)] = ids
+      batch = {"inputs": inputs,
+               "inputs_segmentation": (inputs != tokenizer.pad_id).astype(np.int32)}
+      if length not in translators:
+        translators[length] = evaluation.Translator.create(
+            setup, beam_size=_BEAM.value, alpha=run.config.decoding.length_penalty,
+            max_decode_len=length + run.config.decoding.max_extra_length)
+      index = np.where(np.arange(batch_size) < len(chunk), np.arange(batch_size), -1)
+      outputs += translators[length].translate_batches(run.state, [batch], [index], tokenizer,
+                                                       len(chunk))
+    return outputs
+
+  return translate_all
+
+
+def _transformers_translate_all(hf_dir: str):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(2)
+  model = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
+  tokenizer = transformers.MarianTokenizer.from_pretrained(hf_dir)
+
+  def translate_all(sentences):
+    outputs = []
+    with torch.inference_mode():
+      for chunk in _batches(sentences, _BATCH.value):
+        encoded = tokenizer(chunk, return_tensors="pt", padding=True)
+        generated = model.generate(**encoded, num_beams=_BEAM.value, do_sample=False)
+        outputs += tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return outputs
+
+  return translate_all
+
+
+def _ctranslate2_translate_all(ct2_dir: str, hf_dir: str, compute_type: str):
+  import ctranslate2  # pylint: disable=g-import-not-at-top
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+
+  translator = ctranslate2.Translator(ct2_dir, device="cpu", compute_type=compute_type,
+                                      intra_threads=2)
+  source = sentencepiece.SentencePieceProcessor(model_file=os.path.join(hf_dir, "source.spm"))
+  target = sentencepiece.SentencePieceProcessor(model_file=os.path.join(hf_dir, "target.spm"))
+
+  def translate_all(sentences):
+    tokens = [source.encode(s, out_type=str) + ["</s>"] for s in sentences]
+    results = translator.translate_batch(tokens, beam_size=_BEAM.value,
+                                         max_batch_size=_BATCH.value)
+    return [target.decode(r.hypotheses[0]) for r in results]
+
+  return translate_all
+
+
+def run_ecosystem_worker(impl: str) -> dict:
+  """Worker body: one implementation on the sources in --ecosystem_dir; saves its outputs."""
+  root = _ECOSYSTEM_DIR.value
+  hf_dir = os.path.join(root, "hf")
+  with open(os.path.join(root, "sources.txt"), encoding="utf-8") as f:
+    sentences = f.read().splitlines()
+  if impl == "ours":
+    translate_all = _ours_translate_all(_RUN.value)
+  elif impl == "transformers":
+    translate_all = _transformers_translate_all(hf_dir)
+  elif impl.startswith("ctranslate2_"):
+    translate_all = _ctranslate2_translate_all(os.path.join(root, "ct2"), hf_dir,
+                                               impl[len("ctranslate2_"):])
+  else:
+    raise ValueError(f"unknown implementation {impl!r}")
+  seconds, outputs = _timed_passes(translate_all, sentences)
+  with open(os.path.join(root, f"{impl}.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(outputs) + "\n")
+  return dict(seconds=seconds, sentences=len(sentences),
+              output_words=sum(len(o.split()) for o in outputs))
+
+
+def _validation_sources(workdir: str, count: int) -> list[str]:
+  """The first `count` raw Multi30k validation sources in the run's source language."""
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    language = json.load(f)["data"]["source_lang"]
+  path = os.path.join(_MANUAL_DIR.value, f"val.{language}.gz")
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    return [line.strip() for line in f][:count]
+
+
+def run_ecosystem_benchmark(workdir: str) -> None:
+  """Exports the run, converts it, times the four implementations; prints table and ratios."""
+  from transformer import convert  # pylint: disable=g-import-not-at-top
+
+  print(f"cpus={os.cpu_count()} load average={os.getloadavg()}; run {workdir}; beam "
+        f"{_BEAM.value}, batch {_BATCH.value}; each implementation in its own process, one at "
+        "a time")
+  results = {}
+  with tempfile.TemporaryDirectory() as root:
+    sentences = _validation_sources(workdir, _NUM_SENTENCES.value)
+    with open(os.path.join(root, "sources.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join(sentences) + "\n")
+    convert.export_marian(workdir, os.path.join(root, "hf"))
+    subprocess.run([sys.executable, "-m", "ctranslate2.converters.transformers", "--model",
+                    os.path.join(root, "hf"), "--output_dir", os.path.join(root, "ct2")],
+                   check=True, capture_output=True)
+    for impl in ECOSYSTEM:
+      argv = ([sys.executable, os.path.abspath(__file__), f"--worker=ecosystem:{impl}",
+               f"--ecosystem_dir={root}", f"--workdir={os.path.abspath(workdir)}"]
+              + [f"--{n}={flags.FLAGS[n].value}" for n in ("beam_size", "batch_size", "repeats",
+                                                            "manual_dir")])
+      results[impl] = common.run_worker(argv, label=impl, max_load=_MAX_LOAD.value,
+                                        wait_s=_LOAD_WAIT.value)
+      with open(os.path.join(root, f"{impl}.txt"), encoding="utf-8") as f:
+        results[impl]["outputs"] = f.read().splitlines()
+  ours = results["ours"]
+  print(f"{len(sentences)} Multi30k validation sentences, median of {_REPEATS.value} passes "
+        "after a warm-up pass")
+  print(f"{'implementation':<20} {'seconds':>8} {'sent/s':>8} {'words out':>9} "
+        f"{'same as ours':>12} {'load':>10}")
+  for impl, r in results.items():
+    same = sum(a == b for a, b in zip(r["outputs"], ours["outputs"]))
+    print(f"{impl:<20} {r['seconds']:>8.2f} {r['sentences'] / r['seconds']:>8.1f} "
+          f"{r['output_words']:>9} {f'{same}/{len(sentences)}':>12} "
+          f"{r['load_before']:>4.2f}/{r['load_after']:<4.2f}{'  LOADED' if r['loaded'] else ''}")
+  ratios = [f"{ours_vs(ours, r)} {impl}" for impl, r in results.items() if impl != "ours"]
+  print(f"ratio of our sentences/s (beam {_BEAM.value}): " + ", ".join(ratios))
+
+
+def ours_vs(ours: dict, other: dict) -> str:
+  if ours["loaded"] or other["loaded"]:
+    return "not measured (load above the limit) vs"
+  return f"{other['seconds'] / ours['seconds']:.2f}x"
 
 
 if __name__ == "__main__":

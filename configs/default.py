@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.position_encoding = "sinusoidal"  # "sinusoidal" (paper) or "learned".
   model.share_embeddings = True  # One embedding matrix for source and target.
   model.tie_output_projection = True  # Logits via the transposed embedding (section 3.4).
+  model.output_bias = False  # A learned bias on the output logits (imported Marian models).
   model.layer_norm_epsilon = 1e-6  # LayerNorm epsilon.
   model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay param_dtype).
   model.param_dtype = "float32"  # Parameter storage dtype.

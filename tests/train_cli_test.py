@@ -1,5 +1,6 @@
 """The command lines: train.py resumes exactly after SIGKILL, trains on Multi30k end to end,
-names unknown config fields; transformer.translate and transformer.evaluate use the workdir."""
+names unknown config fields, exits with documented statuses (2 bad input, 75 stopped and
+saved, 130 a second Ctrl-C); transformer.translate and transformer.evaluate use the workdir."""
 
 import json
 import os
@@ -163,3 +164,55 @@ def test_translate_refuses_a_directory_without_a_run(tmp_path):
   result = _run(["-m", "transformer.translate", f"--workdir={tmp_path}"], input="Hallo\n")
   assert result.returncode == 1
   assert "not a train.py workdir" in result.stderr
+
+
+def test_usage_errors_exit_2_with_one_line_and_write_nothing(tmp_path):
+  result = _run(["train.py", f"--workdir={tmp_path / 'a'}", "--config=configs/nonexistent.py"])
+  assert result.returncode == 2
+  assert result.stderr == "error: --config file configs/nonexistent.py does not exist\n"
+  result = _run(["train.py", f"--workdir={tmp_path / 'b'}", *TINY_COPY,
+                 "--config.model.d_model=0"])
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.splitlines()[-1] == (
+      "error: config.model: d_model must be a positive integer, got 0")
+  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def _wait_for(predicate, process, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None and not predicate():
+    time.sleep(0.02)
+
+
+def _start_training(workdir, stderr_path):
+  """A long train.py run, returned once it trains (its first metrics are written)."""
+  with open(stderr_path, "w") as stderr:
+    process = subprocess.Popen(
+        [sys.executable, "train.py", f"--workdir={workdir}", *TINY_COPY,
+         "--config.training.num_train_steps=100000",
+         "--config.training.checkpoint_every_steps=50000"],
+        cwd=REPO, env=_ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  _wait_for(lambda: os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0, process)
+  return process
+
+
+def test_sigterm_exits_75_with_a_checkpoint_and_a_second_ctrl_c_exits_130_in_one_line(tmp_path):
+  log = tmp_path / "stderr.txt"
+  process = _start_training(str(tmp_path / "term"), log)
+  process.send_signal(signal.SIGTERM)
+  process.wait(timeout=120)
+  assert process.returncode == 75, log.read_text()[-3000:]
+  assert "rerun the same command to resume (exit status 75)" in log.read_text()
+  assert os.listdir(tmp_path / "term" / "checkpoints")
+
+  process = _start_training(str(tmp_path / "int"), log)
+  process.send_signal(signal.SIGINT)
+  # Once the first Ctrl-C is handled (a checkpoint is being saved), the second.
+  _wait_for(lambda: "Received SIGINT" in log.read_text(), process)
+  process.send_signal(signal.SIGINT)
+  process.wait(timeout=120)
+  stderr = log.read_text()
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr
+  assert stderr.splitlines()[-1].startswith("error: interrupted again: stopped at once")

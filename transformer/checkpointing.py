@@ -1,14 +1,17 @@
 """Checkpoints with orbax: train state, data-iterator position and config, saved asynchronously.
 
 One `orbax.checkpoint.CheckpointManager` per run directory keeps the last K checkpoints plus
-the best one by a validation metric. A checkpoint holds three items:
-  state:  the whole TrainState (params, opt_state, step, rng), restored straight into the
-          target shardings, so it loads onto any number of devices;
-  data:   the grain iterator state (JSON, one file per process; a checkpoint written by N
-          processes continues in any other number, see `_iterator_state_of_other_process_count`);
-  config: the resolved run config (JSON), checked against the config of a restarted run.
-A checkpoint that fails to restore (partial or corrupt) is moved aside to
-`<workdir>/corrupt_checkpoints/` and the one before it is used instead, with a warning.
+the best one by a validation metric. A checkpoint holds four items:
+  state:     the whole TrainState (params, opt_state, step, rng), restored straight into the
+             target shardings, so it loads onto any number of devices;
+  data:      the grain iterator state (JSON, one file per process; a checkpoint written by N
+             processes continues in any other number, see `_iterator_state_of_other_process_count`);
+  config:    the resolved run config (JSON), checked against the config of a restarted run;
+  integrity: checksums of every array of the state, verified on restore (see `state_integrity`).
+A state holding NaN or infinite values is never saved. A checkpoint that fails to restore
+(partial, corrupt, checksums that do not match, no data-iterator state) is moved aside to
+`<workdir>/corrupt_checkpoints/` and the one before it is used instead, with a warning; a
+read-only Checkpointer (translation, evaluation) falls back the same way but moves nothing.
 
 In a multi-process run every process creates the same Checkpointer on the same (shared)
 directory and calls every save and restore, as orbax expects: each process writes the array
@@ -60,6 +63,10 @@ class UnreadableCheckpointError(RuntimeError):
   """No checkpoint of a directory could be restored."""
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint's files were read but do not hold what was saved."""
+
+
 class IncompatibleCheckpointError(ValueError):
   """The workdir holds a run whose config cannot be continued with the current config."""
 
@@ -81,10 +88,68 @@ def check_compatible(saved_config: Mapping, current_config: Mapping, workdir: st
 
 
 class _DropMissingMetricWarning:
-  """Silences orbax's per-save warning for checkpoints saved between evaluations."""
+  """Silences orbax's per-save warning for checkpoints saved between evaluations, and its
+  notice that a read-only manager is read-only."""
 
   def filter(self, record) -> bool:
-    return "did not provide metrics" not in record.getMessage()
+    message = record.getMessage()
+    return "did not provide metrics" not in message and "is read only" not in message
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """(2,) uint32: sum and position-weighted sum of x's elements read as unsigned integers."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+  # Integer sums wrap modulo 2^32 exactly, so the result does not depend on the sharding.
+  positions = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
+  return jnp.stack([jnp.sum(words, dtype=jnp.uint32),
+                    jnp.sum(words * positions, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _checksums_and_finite(state):
+  checksums = jax.tree.map(_leaf_checksum, state)
+  floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats])) if floats else True
+  return checksums, finite
+
+
+def state_integrity(state) -> dict:
+  """Checksums of every array of `state` and whether all its floats are finite (on device).
+
+  Returns:
+    {"checksums": {leaf path: [sum, weighted sum]}, "finite": bool}, JSON-able.
+  """
+  checksums, finite = jax.device_get(_checksums_and_finite(state))
+  by_path = {jax.tree_util.keystr(path): [int(v) for v in value]
+             for path, value in jax.tree_util.tree_leaves_with_path(checksums)}
+  return {"checksums": by_path, "finite": bool(finite)}
+
+
+def verify_integrity(state, saved: Mapping | None) -> None:
+  """Raises CorruptCheckpointError unless `state` is finite and matches the saved checksums.
+
+  Args:
+    state: a restored state.
+    saved: the `state_integrity` saved with it; None (a checkpoint of an older version) checks
+      finiteness only.
+  """
+  now = state_integrity(state)
+  if saved is not None:
+    expected = saved["checksums"]
+    common = sorted(set(expected) & set(now["checksums"]))
+    differing = [path for path in common if expected[path] != now["checksums"][path]]
+    if not common or differing:
+      raise CorruptCheckpointError(
+          f"the data of {len(differing) if common else 'all'} of {len(expected)} arrays "
+          f"({', '.join(differing[:3]) or 'no common array'}) does not match the checksums "
+          "saved with it")
+  if not now["finite"]:
+    raise CorruptCheckpointError("its state holds NaN or infinite values")
 
 
 def is_lower_better(metric: str) -> bool:
@@ -103,6 +168,7 @@ class Checkpointer:
       best_metric: str | None = "eval/bleu",
       async_save: bool = True,
       corrupt_dir: str | None = None,
+      read_only: bool = False,
   ):
     """Opens (or creates) a checkpoint directory.
 
@@ -114,11 +180,15 @@ class Checkpointer:
       async_save: write in a background thread; `wait` blocks until written.
       corrupt_dir: where unreadable checkpoints are moved; default
         `<directory>/../corrupt_checkpoints`.
+      read_only: never write, create, move or delete anything (restoring only); unreadable
+        checkpoints are skipped with a warning and listed in `unreadable`.
     """
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
+    self.read_only = read_only
+    self.unreadable = []  # (step, reason) of checkpoints the last `restore` skipped.
     self._corrupt_dir = corrupt_dir or os.path.join(
         os.path.dirname(self.directory), "corrupt_checkpoints"
     )
@@ -135,18 +205,23 @@ class Checkpointer:
               get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False
           )
       )
-    options = ocp.CheckpointManagerOptions(
-        best_fn=best_fn,
-        best_mode="max",
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save,
-        create=True,
-    )
+    if read_only:
+      # Only the options orbax does not override (with a warning each) for read-only managers.
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                             enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          best_fn=best_fn,
+          best_mode="max",
+          preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=async_save,
+          create=True,
+      )
     absl_logger = logging.get_absl_logger()
     if not any(isinstance(f, _DropMissingMetricWarning) for f in absl_logger.filters):
       absl_logger.addFilter(_DropMissingMetricWarning())
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "config")
+        self.directory, options=options, item_names=("state", "data", "config", "integrity")
     )
 
   def all_steps(self) -> list[int]:
@@ -179,11 +254,19 @@ class Checkpointer:
       metrics: validation metrics of this state; used to keep the best checkpoint.
 
     Returns:
-      True if a save was started, False if `step` is already saved.
+      True if a save was started, False if `step` is already saved or `state` is not finite
+      (a checkpoint with NaN or infinite values is never written).
     """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only")
     if step in self._manager.all_steps():
       return False
-    items = {"state": ocp.args.StandardSave(state)}
+    integrity = state_integrity(state)
+    if not integrity["finite"]:
+      logging.warning("Not saving a checkpoint at step %d: the state holds NaN or infinite "
+                      "values.", step)
+      return False
+    items = {"state": ocp.args.StandardSave(state), "integrity": ocp.args.JsonSave(integrity)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
@@ -198,17 +281,22 @@ class Checkpointer:
   def restore(self, abstract_state, *, step: int | None = None, data_iterator=None):
     """Restores the latest readable checkpoint (or `step`) into `abstract_state`'s shardings.
 
-    When the latest checkpoint cannot be read (partial write, deleted or corrupt files) but an
-    earlier one can, the unreadable ones are moved to the corrupt-checkpoint directory and the
-    earlier one is used, with a warning. If no checkpoint can be read, nothing is moved (the
-    cause is then more likely a code or config change than corruption) and an error is raised.
+    Every restored state is verified: its checksums must match those saved with it, its floats
+    must be finite, and (when `data_iterator` is given) the checkpoint must hold an iterator
+    state. When the latest checkpoint cannot be read (partial write, deleted or corrupt files)
+    but an earlier one can, the unreadable ones are moved to the corrupt-checkpoint directory
+    (listed in `unreadable` and left in place when read-only) and the earlier one is used, with
+    a warning. If no checkpoint can be read, nothing is moved (the cause is then more likely a
+    code or config change than corruption) and an error is raised.
 
     Args:
       abstract_state: TrainState of jax.ShapeDtypeStruct with `.sharding` (from
         `jax.eval_shape` plus shardings) describing where arrays go.
       step: a specific step; None means the latest readable one. A specific step that cannot
         be read raises instead of falling back.
-      data_iterator: grain iterator whose state is set from the checkpoint (if it has one).
+      data_iterator: grain iterator whose state is set from the checkpoint. When the saved
+        state has another layout (data.num_workers changed), the iterator is moved to batch
+        `step` instead: training draws one batch per step.
 
     Returns:
       (state, step), or (None, None) when the directory has no checkpoint.
@@ -216,6 +304,7 @@ class Checkpointer:
     Raises:
       UnreadableCheckpointError: no checkpoint could be restored.
     """
+    self.unreadable = []
     if step is not None:
       return self._restore_step(step, abstract_state, data_iterator), step
     failures = []
@@ -223,13 +312,16 @@ class Checkpointer:
       try:
         state = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # Any read failure means "this checkpoint is unusable".
-        first_line = str(e).splitlines()[0] if str(e) else ""
+        first_line = str(e).splitlines()[0][:300] if str(e) else ""
         failures.append((candidate, f"{type(e).__name__}: {first_line}"))
         continue
-      for bad_step, reason in failures:
-        moved_to = self._move_aside(bad_step)
-        logging.warning("Checkpoint at step %d cannot be restored (%s); moved it to %s and "
-                        "falling back to step %d.", bad_step, reason, moved_to, candidate)
+      self.unreadable = failures
+      if self.read_only:
+        for bad_step, reason in failures:
+          logging.warning("Checkpoint at step %d cannot be restored (%s); falling back to step "
+                          "%d.", bad_step, reason, candidate)
+      else:
+        self.move_aside(failures, candidate)
       return state, candidate
     if failures:
       raise UnreadableCheckpointError(
@@ -239,19 +331,29 @@ class Checkpointer:
       )
     return None, None
 
+  def move_aside(self, failures: Sequence[tuple[int, str]], used_step: int) -> None:
+    """Moves the unreadable checkpoints `failures` ((step, reason), from `restore` of a
+    read-only Checkpointer or this one) to the corrupt directory, with a warning each."""
+    for bad_step, reason in failures:
+      if bad_step not in self._manager.all_steps():
+        continue
+      moved_to = self._move_aside(bad_step)
+      logging.warning("Checkpoint at step %d cannot be restored (%s); moved it to %s and "
+                      "falling back to step %d.", bad_step, reason, moved_to, used_step)
+
   def _restore_step(self, step, abstract_state, data_iterator):
+    step_dir = os.path.join(self.directory, str(step))
+    iterator_state = None
+    if data_iterator is not None:
+      iterator_state = _saved_iterator_state(os.path.join(step_dir, "data"), step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    item_dir = os.path.join(self.directory, str(step), "data")
-    data_state = None
-    if data_iterator is not None and os.path.isdir(item_dir):
-      if os.path.exists(os.path.join(item_dir, _iterator_file(jax.process_index(),
-                                                              jax.process_count()))):
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-      else:
-        data_state = _iterator_state_of_other_process_count(item_dir)
+    has_integrity = os.path.isdir(os.path.join(step_dir, "integrity"))
+    if has_integrity:
+      items["integrity"] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    if data_state is not None:
-      data_iterator.set_state(data_state)
+    verify_integrity(restored["state"], restored["integrity"] if has_integrity else None)
+    if iterator_state is not None:
+      _set_iterator_state(data_iterator, iterator_state, step)
     return restored["state"]
 
   def _move_aside(self, step: int) -> str:
@@ -327,6 +429,48 @@ def _iterator_file(process_index: int, process_count: int) -> str:
   return f"process_{process_index}-of-{process_count}.json"
 
 
+def _saved_iterator_state(item_dir: str, step: int) -> dict | None:
+  """This process's data-iterator state in a checkpoint's `data/` directory.
+
+  Returns:
+    The state, or None for a step-0 checkpoint saved without one (an imported model): its data
+    starts at batch 0 anyway.
+
+  Raises:
+    CorruptCheckpointError: a later checkpoint holds no iterator state (resuming would silently
+      restart the data at batch 0).
+  """
+  own = os.path.join(item_dir, _iterator_file(jax.process_index(), jax.process_count()))
+  if os.path.exists(own):
+    with open(own, encoding="utf-8") as f:
+      return json.load(f)
+  if not os.path.isdir(item_dir):
+    if step == 0:
+      return None
+    raise CorruptCheckpointError(f"{item_dir} (the data-iterator state) is missing")
+  return _iterator_state_of_other_process_count(item_dir)
+
+
+def _same_layout(a, b) -> bool:
+  """Whether two iterator states have the same nesting and keys (values may differ)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return a.keys() == b.keys() and all(_same_layout(a[k], b[k]) for k in a)
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(_same_layout(x, y) for x, y in zip(a, b))
+  return not isinstance(a, (dict, list)) and not isinstance(b, (dict, list))
+
+
+def _set_iterator_state(data_iterator, saved: dict, step: int) -> None:
+  """Sets a saved iterator state, or moves to batch `step` if the iterator's layout changed."""
+  if _same_layout(saved, data_iterator.get_state()):
+    data_iterator.set_state(saved)
+    return
+  logging.warning("The data-iterator state of step %d has another layout than this run's "
+                  "iterator (data.num_workers changed?); continuing at batch %d of the same "
+                  "batch plan.", step, step)
+  grain.experimental.set_next_index(data_iterator, step)
+
+
 def _iterator_state_of_other_process_count(item_dir: str) -> dict:
   """The data-iterator state of a checkpoint written by another number of processes.
 
@@ -344,7 +488,7 @@ def _iterator_state_of_other_process_count(item_dir: str) -> dict:
       with open(os.path.join(item_dir, name), encoding="utf-8") as f:
         states[name] = json.load(f)
   if not states:
-    raise ValueError(f"{item_dir} holds no data-iterator state")
+    raise CorruptCheckpointError(f"{item_dir} holds no data-iterator state")
   first = next(iter(states.values()))
   if any(state != first for state in states.values()):
     raise ValueError(

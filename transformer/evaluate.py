@@ -2,7 +2,8 @@ r"""Evaluates a trained run on a split: loss, token accuracy, perplexity and (tr
 
   python -m transformer.evaluate --workdir=runs/multi30k --split=test --average_last_k=5
 
-Prints one JSON object and writes the hypotheses to <workdir>/hypotheses/.
+Prints one JSON object and writes the hypotheses to <workdir>/hypotheses/ (nothing else in the
+workdir changes). Exit status: 0 done; 1 the workdir holds no usable run; 2 a bad flag.
 """
 
 import json
@@ -56,6 +57,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
+    inference.check_decoding_flags(beam_size=_BEAM_SIZE.value, batch_size=1,
+                                   average_last_k=_AVERAGE_LAST_K.value)
     run = inference.load_run(_WORKDIR.value, step=_STEP.value,
                              average_last_k=_AVERAGE_LAST_K.value)
     decoding = run.config.decoding
@@ -65,9 +68,12 @@ def main(argv):
         length_penalty=(decoding.length_penalty if _LENGTH_PENALTY.value is None
                         else _LENGTH_PENALTY.value),
     )
+  except loop.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(loop.EXIT_USAGE)
   except (loop.TrainingError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(loop.EXIT_FAILED)
   print(json.dumps(results))
 
 

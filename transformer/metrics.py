@@ -4,6 +4,7 @@ Steps return metric *sums* and a denominator; `summarize` divides on the host at
 BLEU is sacrebleu's corpus BLEU over detokenized text (Papineni et al., 2002; Post, 2018).
 """
 
+import errno
 import json
 import math
 import os
@@ -16,6 +17,9 @@ import numpy as np
 import sacrebleu
 import tensorboardX
 import tqdm
+from absl import logging
+
+SUPERSEDED_SUFFIX = ".superseded"  # metrics.jsonl.superseded keeps records a resume replaced.
 
 
 def accumulate(total: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict:
@@ -69,23 +73,97 @@ def compute_bleu(hypotheses: Sequence[str], references: Sequence[str], *,
                                      lowercase=lowercase).score)
 
 
+def _append_line(fd: int, line: bytes, path: str) -> None:
+  """Appends one whole line, or nothing: a failed or short write is cut off again.
+
+  Raises:
+    OSError: naming `path` (e.g. ENOSPC when the disk is full).
+  """
+  size = os.fstat(fd).st_size
+  try:
+    written = os.write(fd, line)
+    if written != len(line):
+      raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+  except OSError as e:
+    try:
+      os.ftruncate(fd, size)
+    except OSError:
+      pass  # The reader skips a torn last line, with a warning.
+    raise OSError(e.errno, e.strerror, path) from e
+
+
+def _cut_torn_tail(path: str) -> None:
+  """Removes an incomplete last line (a write cut short by a crash) so appends start clean."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data.endswith(b"\n"):
+      return
+    keep = data.rfind(b"\n") + 1
+    f.truncate(keep)
+  logging.warning("%s ended in an incomplete line of %d bytes (an interrupted write); removed "
+                  "it.", path, len(data) - keep)
+
+
+def supersede_after(path: str, step: int) -> int:
+  """Moves the records of steps after `step` from `path` to `path + SUPERSEDED_SUFFIX`.
+
+  A run resumed from the checkpoint at `step` replays the later steps and logs them again; their
+  earlier records are kept aside, not doubled.
+
+  Returns:
+    The number of records moved.
+  """
+  if not os.path.exists(path):
+    return 0
+  kept, later = [], []
+  for record in read_jsonl(path):
+    (later if record["step"] > step else kept).append(record)
+  if not later:
+    return 0
+  with open(path + SUPERSEDED_SUFFIX, "a", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in later)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+  os.replace(tmp, path)
+  logging.info("Resuming at step %d: %d records of later steps (replayed now) moved from %s to "
+               "%s.", step, len(later), path, path + SUPERSEDED_SUFFIX)
+  return len(later)
+
+
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files (process 0 only).
 
-  Each `write` appends one JSON object per line, e.g. {"step": 100, "train/loss": 3.1}.
-  TensorBoard events go to `workdir/tensorboard` through tensorboardX (no TensorFlow needed).
+  Each `write` appends one JSON object per line, e.g. {"step": 100, "train/loss": 3.1}, in a
+  single write that either lands whole or is cut off again (a full disk raises an OSError
+  naming the file, and leaves no torn line). TensorBoard events go to `workdir/tensorboard`
+  through tensorboardX (no TensorFlow needed).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, *, resume_step: int | None = None):
+    """Opens the writers.
+
+    Args:
+      workdir: the run directory.
+      enabled: False writes nothing (processes other than 0).
+      resume_step: the step a resumed run restarts from: records and TensorBoard events of
+        later steps are superseded by the replayed ones (see `supersede_after`).
+    """
     self._enabled = enabled
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.tensorboard_dir = os.path.join(workdir, "tensorboard")
-    self._jsonl = None
+    self._fd = None
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-      self._tb = tensorboardX.SummaryWriter(self.tensorboard_dir)
+      _cut_torn_tail(self.jsonl_path)
+      if resume_step is not None:
+        supersede_after(self.jsonl_path, resume_step)
+      self._fd = os.open(self.jsonl_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+      self._tb = tensorboardX.SummaryWriter(
+          self.tensorboard_dir, purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Records `scalars` at `step`; non-finite values are written as strings in JSON."""
@@ -96,21 +174,38 @@ class MetricWriter:
       value = float(value)
       record[key] = value if math.isfinite(value) else str(value)
       self._tb.add_scalar(key, value, int(step))
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    _append_line(self._fd, (json.dumps(record) + "\n").encode("utf-8"), self.jsonl_path)
     self._tb.flush()
 
   def close(self) -> None:
     if self._enabled:
-      self._jsonl.close()
-      self._tb.close()
       self._enabled = False
+      os.close(self._fd)
+      self._tb.close()
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """Reads a metrics.jsonl file back as a list of dicts."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """Reads a metrics.jsonl file back as a list of dicts, one per line.
+
+  A line that is not a JSON object with an integer "step" (a write torn by a crash or a full
+  disk) is skipped with a warning naming it.
+  """
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      record = None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+      logging.warning("%s line %d is not a complete metrics record (a torn write?); skipped: "
+                      "%.60r", path, number, line)
+      continue
+    records.append(record)
+  return records
 
 
 class ProgressBar:

@@ -3,11 +3,14 @@ r"""Translates sentences with a trained run (beam search, Vaswani et al., 2017, 
   echo "Ein Mann fährt Fahrrad." | python -m transformer.translate --workdir=runs/multi30k
   python -m transformer.translate --workdir=runs/multi30k --input=sources.de --average_last_k=5
 
-Reads one source sentence per line (stdin or --input) and prints one translation per line, in
-order, using the workdir's tokenizer and its latest checkpoint (or the average of the last k).
+Reads one source sentence per line (stdin or --input, UTF-8) and prints one translation per
+line, in order, using the workdir's tokenizer and its latest checkpoint (or the average of the
+last k). Writes nothing to the workdir. Exit status: 0 done; 1 the workdir holds no usable run or
+checkpoint; 2 a bad flag or input that is not UTF-8 (nothing is printed).
 """
 
 import sys
+from typing import BinaryIO, TextIO
 
 import numpy as np
 from absl import app
@@ -81,30 +84,67 @@ def translate_lines(run: inference.LoadedRun, lines: list[str], *, beam_size: in
   return outputs
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def decode_lines(data: bytes, name: str) -> list[str]:
+  """The lines of UTF-8 `data` (without line ends).
+
+  Raises:
+    loop.UsageError: `data` is not UTF-8 (naming the line and the byte).
+  """
   try:
-    run = inference.load_run(_WORKDIR.value, step=_STEP.value,
-                             average_last_k=_AVERAGE_LAST_K.value)
-    if _INPUT.value:
-      with open(_INPUT.value, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise loop.UsageError(f"{name} is not valid UTF-8: line {line} holds the byte "
+                          f"0x{data[e.start]:02x} (offset {e.start})") from e
+  lines = text.split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def run_command(workdir: str, *, input_path: str | None, beam_size: int | None,
+                length_penalty: float | None, average_last_k: int, step: int | None,
+                batch_size: int, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> int:
+  """The command: checks the flags, reads the input, translates it all, then prints it.
+
+  Returns:
+    The exit status (0, 1 for an unusable run, 2 for bad flags or input; see the docstring).
+  """
+  try:
+    inference.check_decoding_flags(beam_size=beam_size, batch_size=batch_size,
+                                   average_last_k=average_last_k)
+    if input_path:
+      with open(input_path, "rb") as f:
+        lines = decode_lines(f.read(), input_path)
     else:
-      lines = sys.stdin.read().splitlines()
+      lines = decode_lines(stdin.read(), "the standard input")
+    run = inference.load_run(workdir, step=step, average_last_k=average_last_k)
     decoding = run.config.decoding
     translations = translate_lines(
         run, lines,
-        beam_size=decoding.beam_size if _BEAM_SIZE.value is None else _BEAM_SIZE.value,
-        length_penalty=(decoding.length_penalty if _LENGTH_PENALTY.value is None
-                        else _LENGTH_PENALTY.value),
-        batch_size=_BATCH_SIZE.value,
+        beam_size=decoding.beam_size if beam_size is None else beam_size,
+        length_penalty=decoding.length_penalty if length_penalty is None else length_penalty,
+        batch_size=batch_size,
     )
+  except loop.UsageError as e:
+    print(f"error: {e}", file=stderr)
+    return loop.EXIT_USAGE
   except (loop.TrainingError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    print(f"error: {e}", file=stderr)
+    return loop.EXIT_FAILED
   for translation in translations:
-    print(translation)
+    print(translation, file=stdout)
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  sys.exit(run_command(
+      _WORKDIR.value, input_path=_INPUT.value, beam_size=_BEAM_SIZE.value,
+      length_penalty=_LENGTH_PENALTY.value, average_last_k=_AVERAGE_LAST_K.value,
+      step=_STEP.value, batch_size=_BATCH_SIZE.value, stdin=sys.stdin.buffer,
+      stdout=sys.stdout, stderr=sys.stderr))
 
 
 if __name__ == "__main__":

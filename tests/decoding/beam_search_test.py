@@ -40,8 +40,8 @@ def _exhaustive_best(table, row, length, alpha):
   best = (-np.inf, None)
   for n in range(1, length + 1):
     for seq in itertools.product(range(vocab), repeat=n):
-      if seq[-1] != EOS or EOS in seq[:-1]:
-        continue
+      if seq[-1] != EOS or EOS in seq[:-1] or PAD in seq or BOS in seq:
+        continue  # PAD and BOS are never generated.
       prev, logp = BOS, 0.0
       for t, tok in enumerate(seq):
         logp += table[row, t, prev, tok]

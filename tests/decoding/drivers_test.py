@@ -14,8 +14,8 @@ from transformer import model as model_lib
 INPUTS = jnp.array([[5, 6, 7, 8, 3, 0, 0], [9, 10, 3, 0, 0, 0, 0]])
 LENGTH = 8
 # A token this random model emits after a few steps in one row and never in the other, so both
-# the EOS path and the length limit are exercised.
-EOS = 25
+# the EOS path and the length limit are exercised (PAD and BOS never being emitted).
+EOS = 15
 
 greedy_translate = nnx.jit(decoding.greedy_translate, static_argnames="max_decode_len")
 beam_search_translate = nnx.jit(decoding.beam_search_translate,
@@ -25,7 +25,7 @@ beam_search_translate = nnx.jit(decoding.beam_search_translate,
 @pytest.fixture(scope="module")
 def model():
   cfg = model_lib.TransformerConfig.tiny(num_encoder_layers=1, num_decoder_layers=1, eos_id=EOS)
-  return model_lib.EncoderDecoder(cfg, rngs=nnx.Rngs(1))
+  return model_lib.EncoderDecoder(cfg, rngs=nnx.Rngs(7))
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,11 @@ def full_log_probs(model):
 def test_greedy_translate_equals_uncached_greedy(model, full_log_probs):
   got = np.asarray(greedy_translate(model, INPUTS, max_decode_len=LENGTH))
   expected = np.zeros((2, 0), np.int32)
+  never = [model.config.pad_id, model.config.bos_id]  # Decoding never emits PAD or BOS.
   for _ in range(LENGTH):
-    nxt = np.argmax(np.asarray(full_log_probs(jnp.asarray(expected)))[:, -1], axis=-1)
+    log_probs = np.array(full_log_probs(jnp.asarray(expected)))[:, -1]
+    log_probs[:, never] = -np.inf
+    nxt = np.argmax(log_probs, axis=-1)
     expected = np.concatenate([expected, nxt[:, None]], axis=1)
   ended = []
   for row in range(2):
@@ -56,7 +59,7 @@ def test_greedy_translate_equals_uncached_greedy(model, full_log_probs):
     np.testing.assert_array_equal(got[row, :n], seq[:n])
     assert (got[row, n:] == 0).all()
     ended.append(EOS in seq)
-  assert ended == [True, False]
+  assert ended == [False, True]
 
 
 def test_beam_one_equals_greedy_on_a_model(model):
@@ -112,7 +115,9 @@ def test_sample_greedy_lm_equals_uncached_argmax():
   for row, start in ((0, 3), (1, 2)):
     seq = out[row].tolist()
     tokens = jnp.array([[lm.config.bos_id] + seq[:-1]])
-    predicted = np.argmax(np.asarray(forward(lm, tokens))[0], axis=-1)
+    logits = np.array(forward(lm, tokens))[0]
+    logits[:, [lm.config.pad_id, lm.config.bos_id]] = -np.inf  # never generated
+    predicted = np.argmax(logits, axis=-1)
     end = seq.index(3) + 1 if 3 in seq[start:] else len(seq)
     np.testing.assert_array_equal(seq[start:end], predicted[start:end])
   sampled = run(lm, prompt, jax.random.key(0), max_decode_len=6, temperature=1.0, top_p=0.9)

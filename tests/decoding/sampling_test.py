@@ -69,7 +69,9 @@ def test_sampling_follows_the_distribution_and_the_filters():
       eos_id=EOS, temperature=temperature, top_k=top_k), static_argnums=(1, 2))
   draws = np.asarray(run(jax.random.key(0), 1.0, None))[:, 0]
   freqs = np.bincount(draws, minlength=5) / draws.size
-  np.testing.assert_allclose(freqs, probs, atol=0.03)
+  # PAD (0) and BOS (2) are never drawn; the other tokens keep their relative probabilities.
+  allowed = probs * (np.arange(5) != PAD) * (np.arange(5) != BOS)
+  np.testing.assert_allclose(freqs, allowed / allowed.sum(), atol=0.03)
   np.testing.assert_array_equal(run(jax.random.key(0), 1.0, None), run(jax.random.key(0), 1.0,
                                                                          None))
   assert not np.array_equal(run(jax.random.key(1), 1.0, None), run(jax.random.key(0), 1.0, None))
@@ -87,3 +89,46 @@ def test_sampling_checks_arguments():
   with pytest.raises(ValueError, match="prompt length"):
     decoding.sample_tokens(_echo_step(12), jnp.zeros(()), None, batch_size=1, max_decode_len=1,
                            bos_id=BOS, eos_id=EOS, temperature=0.0, prompt=jnp.ones((1, 2), int))
+
+
+def _pad_and_bos_favoured_step(vocab):
+  """Step function under which PAD, then BOS, are by far the most likely tokens."""
+  # EOS is unlikely, so no row ends (and no PAD follows an EOS) unless it is forced.
+  logits = jnp.zeros((vocab,)).at[PAD].set(20.0).at[BOS].set(15.0).at[5].set(1.0).at[EOS].set(
+      -30.0)
+
+  def step_fn(tokens, cache):
+    return jnp.broadcast_to(logits, (tokens.shape[0], vocab)), cache
+
+  return step_fn
+
+
+def test_pad_and_bos_are_never_generated():
+  step = _pad_and_bos_favoured_step(8)
+  kwargs = dict(batch_size=2, max_decode_len=4, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+  greedy = decoding.greedy(step, jnp.zeros(()), **kwargs)
+  np.testing.assert_array_equal(greedy, np.full((2, 4), 5))
+  sampled = decoding.sample_tokens(step, jnp.zeros(()), jax.random.key(0), temperature=1.0,
+                                   **dict(kwargs, batch_size=256))
+  assert not np.isin(np.asarray(sampled), [PAD, BOS]).any()
+  beams, scores = decoding.beam_search(step, jnp.zeros(()), beam_size=3, alpha=0.0, **kwargs)
+  assert not np.isin(np.asarray(beams), [PAD, BOS]).any()
+  assert np.isfinite(np.asarray(scores)).all()
+
+
+def test_forced_eos_ends_every_sequence_at_the_limit():
+  step = _pad_and_bos_favoured_step(8)
+  kwargs = dict(batch_size=2, max_decode_len=4, bos_id=BOS, eos_id=EOS, pad_id=PAD,
+                forced_eos=True)
+  np.testing.assert_array_equal(decoding.greedy(step, jnp.zeros(()), **kwargs),
+                                np.full((2, 4), [5, 5, 5, EOS]))
+  beams, _ = decoding.beam_search(step, jnp.zeros(()), beam_size=2, alpha=0.0, **kwargs)
+  assert (np.asarray(beams)[:, :, -1] == EOS).all()
+
+
+def test_top_p_one_filters_nothing():
+  # One dominant token: float32 cumulative probabilities reach 1.0 before the tail tokens,
+  # which `mass_before < top_p` would drop for top_p = 1.0.
+  logits = jnp.array([[30.0, 0.0, 0.0, 0.0, -1.0]])
+  np.testing.assert_array_equal(decoding.filter_logits(logits, top_p=1.0), logits)
+  assert np.isinf(np.asarray(decoding.filter_logits(logits, top_p=0.999))).sum() == 4

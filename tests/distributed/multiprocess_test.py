@@ -104,20 +104,21 @@ class _Run:
     for p in self.processes:
       p.wait(timeout=30)
 
-  def wait(self, deadline_s=DEADLINE_S):
-    """Waits for every process to exit 0; kills them all on timeout or on the first failure."""
+  def wait(self, deadline_s=DEADLINE_S, exit_status=0):
+    """Waits for every process to exit with `exit_status`; kills them all on timeout or on the
+    first other status."""
     end = time.monotonic() + deadline_s
     problem = None
     try:
       while problem is None and any(p.poll() is None for p in self.processes):
-        failed = [i for i, p in enumerate(self.processes) if p.poll() not in (None, 0)]
+        failed = [i for i, p in enumerate(self.processes) if p.poll() not in (None, exit_status)]
         if failed:
           problem = f"process {failed[0]} exited with {self.processes[failed[0]].returncode}"
         elif time.monotonic() > end:
           problem = f"timed out after {deadline_s} s"
         else:
           time.sleep(0.2)
-      if problem is None and any(p.returncode != 0 for p in self.processes):
+      if problem is None and any(p.returncode != exit_status for p in self.processes):
         problem = f"exit codes {[p.returncode for p in self.processes]}"
     finally:
       self.kill()
@@ -248,7 +249,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_checkpoint(tmp_path, 
   except BaseException:
     run.kill()
     raise
-  logs = run.wait()
+  logs = run.wait(exit_status=75)  # Stopped with a checkpoint saved: rerun to resume.
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   step = summary["final_step"]

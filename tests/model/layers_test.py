@@ -57,12 +57,13 @@ def test_layer_norm_matches_numpy():
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
 def test_feed_forward_is_two_linear_maps_around_the_activation(activation):
   ffn = layers.FeedForward(4, 8, activation=activation, rngs=nnx.Rngs(0))
   ffn.b1[...] = jnp.linspace(-1, 1, 8)
   x = jax.random.normal(jax.random.key(0), (2, 3, 4))
-  act = jax.nn.relu if activation == "relu" else lambda h: jax.nn.gelu(h, approximate=False)
+  act = {"relu": jax.nn.relu, "gelu": lambda h: jax.nn.gelu(h, approximate=False),
+         "silu": lambda h: h / (1.0 + jnp.exp(-h))}[activation]
   expected = act(x @ ffn.w1[...] + ffn.b1[...]) @ ffn.w2[...] + ffn.b2[...]
   np.testing.assert_allclose(ffn(x), expected, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="activation"):

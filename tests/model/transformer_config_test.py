@@ -42,6 +42,9 @@ def test_presets_follow_the_paper():
     (dict(dropout_rate=1.5), "dropout_rate"),
     (dict(input_vocab_size=50), "share_embeddings"),
     (dict(dtype="float17"), "dtype"),
+    # Norms, softmax, logits and the loss run in float32: float64 would be a name only.
+    (dict(dtype="float64"), "dtype='float64' is not supported"),
+    (dict(param_dtype="float64"), "param_dtype='float64' is not supported"),
     (dict(vocab_size=0), "vocab_size"),
 ])
 def test_bad_values_are_rejected_with_the_field_name(overrides, message):
@@ -54,6 +57,7 @@ def test_bad_values_are_rejected_with_the_field_name(overrides, message):
     {},
     dict(norm_placement="pre", position_encoding="learned", tie_output_projection=False),
     dict(share_embeddings=False, input_vocab_size=40, activation="gelu"),
+    dict(activation="silu", output_bias=True),
 ])
 def test_tiny_parameter_count_equals_closed_form(family, overrides):
   cfg = model_lib.TransformerConfig.tiny(**overrides)

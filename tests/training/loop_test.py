@@ -112,10 +112,12 @@ def test_early_stopping_stops_after_patience_evaluations_and_stays_stopped(tmp_p
   assert summary["final_step"] == 15 and summary["best_step"] == 5
   assert "test/loss" in summary  # The test split is still evaluated.
   assert checkpointing.steps_of(str(tmp_path / "checkpoints"))[-1] == 15
-  # Running the same command again does not train on.
+  # Running the same command again does not train on, and keeps the run's summary.json.
+  summary_json = (tmp_path / "summary.json").read_text()
   again = loop.train_and_evaluate(config, str(tmp_path))
-  assert again["stopped_by"] == "early_stopping"
-  assert again["start_step"] == again["final_step"] == 15
+  assert again == json.loads(summary_json)
+  assert again["stopped_by"] == "early_stopping" and again["final_step"] == 15
+  assert (tmp_path / "summary.json").read_text() == summary_json
 
 
 def test_unknown_config_fields_list_the_valid_ones():

@@ -89,6 +89,13 @@ def get_tokenizer(config: config_lib.DataConfig, workdir: str | os.PathLike, *,
   _check_task(task)
   if config.dataset.startswith("synthetic/"):
     return tokenizer_lib.SyntheticTokenizer(config.synthetic_vocab)
+  marian_dir = os.path.join(workdir, tokenizer_lib.MARIAN_DIR)
+  if os.path.isdir(marian_dir):  # A model imported by `python -m transformer.convert`.
+    tokenizer = tokenizer_lib.MarianTokenizer.load(marian_dir)
+    if tokenizer.vocab_size != config.vocab_size:
+      raise ValueError(f"{marian_dir} has vocab_size={tokenizer.vocab_size} but the config asks "
+                       f"for {config.vocab_size}; use the imported workdir's config.json.")
+    return tokenizer
   path = os.path.join(workdir, TOKENIZER_FILE)
   if os.path.exists(path):
     tokenizer = tokenizer_lib.SentencePieceTokenizer.load(path)
@@ -108,10 +115,15 @@ def get_tokenizer(config: config_lib.DataConfig, workdir: str | os.PathLike, *,
   return tokenizer_lib.train_sentencepiece(texts(), path, config.vocab_size, seed=config.seed)
 
 
+def _encode_side(tokenizer: tokenizer_lib.Tokenizer, texts: list[str], side: int) -> list:
+  """Ids of texts of one side: 0 is the source, 1 the target (its own model for Marian)."""
+  return tokenizer.encode_target_batch(texts) if side == 1 else tokenizer.encode_batch(texts)
+
+
 def _encode(tokenizer: tokenizer_lib.Tokenizer, examples: list[tuple[str, ...]],
             max_len: int) -> list[tuple[np.ndarray, ...]]:
   """Ids of each side + EOS, truncated to max_len (EOS kept last)."""
-  sides = [tokenizer.encode_batch([e[s] for e in examples]) for s in range(len(examples[0]))]
+  sides = [_encode_side(tokenizer, [e[s] for e in examples], s) for s in range(len(examples[0]))]
   return [tuple(np.array(ids[:max_len - 1] + [tokenizer_lib.EOS_ID], np.int32) for ids in ex)
           for ex in zip(*sides)]
 
@@ -122,7 +134,7 @@ def _lengths(examples: sources.Examples, tokenizer: tokenizer_lib.Tokenizer) -> 
   for start in range(0, len(examples), _CHUNK):
     chunk = examples.get(range(start, min(start + _CHUNK, len(examples))))
     for s in range(examples.num_sides):
-      ids = tokenizer.encode_batch([e[s] for e in chunk])
+      ids = _encode_side(tokenizer, [e[s] for e in chunk], s)
       out[start:start + len(chunk), s] = [len(x) + 1 for x in ids]
   return out
 

@@ -1,13 +1,17 @@
-"""Tokenizers: a SentencePiece vocabulary shared by source and target (Vaswani et al., 2017, 5.1).
+"""Tokenizers: a SentencePiece vocabulary shared by source and target (Vaswani et al., 2017, 5.1),
+and the two SentencePiece models plus id map of a Marian (opus-mt) model.
 
 The special token ids of the whole project are defined here, once.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import hashlib
 import io
+import json
 import os
 import tempfile
+
+import numpy as np
 
 import sentencepiece as spm
 
@@ -34,13 +38,22 @@ class Tokenizer:
     """Number of ids, special ids included (the model's embedding size V)."""
     raise NotImplementedError
 
+  @property
+  def source_vocab_size(self) -> int:
+    """Number of source ids; differs from `vocab_size` only for separate vocabularies."""
+    return self.vocab_size
+
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without BOS or EOS."""
     return self.encode_batch([text])[0]
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without BOS or EOS."""
+    """Token ids of each (source) text, without BOS or EOS."""
     raise NotImplementedError
+
+  def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each target text; the source tokenization unless the sides differ."""
+    return self.encode_batch(texts)
 
   def fingerprint(self) -> str:
     """A short string that differs between tokenizers that encode differently."""
@@ -89,6 +102,15 @@ class SentencePieceTokenizer(Tokenizer):
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
+
+  @property
+  def model_proto(self) -> bytes:
+    """The serialized SentencePiece model."""
+    return self._proto
+
+  def id_to_piece(self, token_id: int) -> str:
+    """The piece of `token_id`."""
+    return self._sp.id_to_piece(int(token_id))
 
   def fingerprint(self) -> str:
     return "spm-" + hashlib.sha256(self._proto).hexdigest()[:16]
@@ -161,3 +183,182 @@ def train_sentencepiece(texts: Iterator[str], path: str | os.PathLike, vocab_siz
     f.write(model.getvalue())
   os.replace(tmp, path)
   return tokenizer
+
+
+MARIAN_DIR = "marian_tokenizer"  # Where a workdir keeps a Marian model's tokenizer files.
+_MARIAN_IDS_FILE = "ids.json"
+
+
+def marian_id_map(vocab_size: int, *, pad_id: int, unk_id: int, eos_id: int,
+                  start_id: int) -> np.ndarray:
+  """Our id -> Marian id, for one side of a Marian vocabulary.
+
+  Ours: PAD_ID, UNK_ID, BOS_ID, EOS_ID, then every other Marian id in increasing order from
+  id 4. BOS is Marian's decoder start token (its PAD), so it appears twice.
+
+  Args:
+    vocab_size: Marian's V (rows of its embedding).
+    pad_id, unk_id, eos_id: Marian's special ids.
+    start_id: Marian's `decoder_start_token_id`.
+
+  Returns:
+    int64 (V + 1,): entry j is the Marian id of our id j.
+  """
+  special = {pad_id, unk_id, eos_id}
+  ordinary = [m for m in range(vocab_size) if m not in special]
+  return np.array([pad_id, unk_id, start_id, eos_id] + ordinary, np.int64)
+
+
+class MarianTokenizer(Tokenizer):
+  """A Marian model's tokenizer (`transformers.MarianTokenizer`), with our special ids.
+
+  Source text goes through `source.spm`, target text through `target.spm`; pieces become Marian
+  ids through `vocab.json` (and `target_vocab.json` for separate vocabularies), then our ids
+  through `marian_id_map`. A leading language code such as ">>fra<<" stays one token.
+  """
+
+  def __init__(self, files: Mapping[str, bytes]):
+    """Builds the tokenizer from the bytes of the files `save` writes (see `load`)."""
+    self._files = dict(files)
+    info = json.loads(files[_MARIAN_IDS_FILE])
+    self._info = info
+    self._sp_source = spm.SentencePieceProcessor(model_proto=files["source.spm"])
+    self._sp_target = spm.SentencePieceProcessor(model_proto=files["target.spm"])
+    self.separate_vocabs = "target_vocab.json" in files
+    self._source_vocab = json.loads(files["vocab.json"])
+    self._target_vocab = (json.loads(files["target_vocab.json"]) if self.separate_vocabs
+                          else self._source_vocab)
+    # Target ids come from the model config; source ids from the source vocabulary (they differ
+    # only for separate vocabularies; transformers' tokenizer pads sources with its own <pad>).
+    source = {name: self._source_vocab.get(info[f"{name}_token"], info[f"{name}_id"])
+              for name in ("pad", "unk", "eos")}
+    self._source_map = marian_id_map(info["source_vocab_size"], pad_id=source["pad"],
+                                     unk_id=source["unk"], eos_id=source["eos"],
+                                     start_id=source["pad"])
+    self._target_map = marian_id_map(info["target_vocab_size"], pad_id=info["pad_id"],
+                                     unk_id=info["unk_id"], eos_id=info["eos_id"],
+                                     start_id=info["decoder_start_token_id"])
+    self._source_ours = self._inverse(self._source_map)
+    self._target_ours = self._inverse(self._target_map)
+    self._target_pieces = {m: piece for piece, m in self._target_vocab.items()}
+    self._special_pieces = {info["pad_token"], info["unk_token"], info["eos_token"]}
+
+  @staticmethod
+  def _inverse(id_map: np.ndarray) -> np.ndarray:
+    ours = np.zeros(int(id_map.max()) + 1, np.int64)
+    # Reverse order so that a Marian id listed twice (PAD and BOS) maps to the first, PAD.
+    for j in reversed(range(len(id_map))):
+      ours[id_map[j]] = j
+    return ours
+
+  @classmethod
+  def from_marian_files(cls, directory: str | os.PathLike, *, pad_id: int, unk_id: int,
+                        eos_id: int, decoder_start_token_id: int, source_vocab_size: int,
+                        target_vocab_size: int, separate_vocabs: bool) -> "MarianTokenizer":
+    """Reads `source.spm`, `target.spm`, `vocab.json` (and `target_vocab.json` for separate
+    vocabularies) from a Marian model directory; the ids are the target side's, from its config
+    (`unk_id` from the target vocabulary)."""
+    files = {}
+    names = ["source.spm", "target.spm", "vocab.json"]
+    if separate_vocabs:
+      names.append("target_vocab.json")
+    for name in names:
+      path = os.path.join(directory, name)
+      if not os.path.exists(path):
+        raise ValueError(f"{directory} is not a Marian model directory: it has no {name}")
+      with open(path, "rb") as f:
+        files[name] = f.read()
+    vocab = json.loads(files.get("target_vocab.json", files["vocab.json"]))
+    pieces = {m: p for p, m in vocab.items()}
+    info = dict(pad_id=pad_id, unk_id=unk_id, eos_id=eos_id,
+                decoder_start_token_id=decoder_start_token_id,
+                source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
+                pad_token=pieces.get(pad_id, "<pad>"), unk_token=pieces.get(unk_id, "<unk>"),
+                eos_token=pieces.get(eos_id, "</s>"))
+    files[_MARIAN_IDS_FILE] = json.dumps(info, indent=2, sort_keys=True).encode()
+    return cls(files)
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> "MarianTokenizer":
+    """Loads a directory written by `save`."""
+    files = {}
+    for name in sorted(os.listdir(directory)):
+      with open(os.path.join(directory, name), "rb") as f:
+        files[name] = f.read()
+    if _MARIAN_IDS_FILE not in files:
+      raise ValueError(f"{directory} has no {_MARIAN_IDS_FILE}: not written by MarianTokenizer")
+    return cls(files)
+
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes the tokenizer files into `directory` (created)."""
+    os.makedirs(directory, exist_ok=True)
+    for name, data in self._files.items():
+      with open(os.path.join(directory, name), "wb") as f:
+        f.write(data)
+
+  def __getstate__(self):
+    return {"files": self._files}
+
+  def __setstate__(self, state):
+    self.__init__(state["files"])
+
+  @property
+  def files(self) -> dict[str, bytes]:
+    """The tokenizer's files (name -> bytes), as `save` writes them."""
+    return dict(self._files)
+
+  @property
+  def info(self) -> dict:
+    """Marian's special ids and tokens and both vocabulary sizes."""
+    return dict(self._info)
+
+  @property
+  def source_id_map(self) -> np.ndarray:
+    """Our source id -> Marian source id (see `marian_id_map`)."""
+    return self._source_map.copy()
+
+  @property
+  def target_id_map(self) -> np.ndarray:
+    """Our target id -> Marian target id."""
+    return self._target_map.copy()
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self._target_map)
+
+  @property
+  def source_vocab_size(self) -> int:
+    return len(self._source_map)
+
+  def fingerprint(self) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(self._files):
+      digest.update(name.encode() + b"\0" + self._files[name])
+    return "marian-" + digest.hexdigest()[:16]
+
+  def _encode(self, texts, sp, vocab, ours) -> list[list[int]]:
+    unk = vocab[self._info["unk_token"]]
+    out = []
+    for text in texts:
+      code = []
+      # Language codes (">>fra<<") of multilingual models are whole tokens, as in transformers.
+      if text.startswith(">>") and (end := text.find("<<")) != -1:
+        code, text = [text[:end + 2]], text[end + 2:]
+      pieces = code + sp.encode(text, out_type=str)
+      out.append([int(ours[vocab.get(piece, unk)]) for piece in pieces])
+    return out
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._encode(texts, self._sp_source, self._source_vocab, self._source_ours)
+
+  def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._encode(texts, self._sp_target, self._target_vocab, self._target_ours)
+
+  def _decode_ids(self, ids: list[int]) -> str:
+    pieces = [self._target_pieces.get(int(self._target_map[i]), self._info["unk_token"])
+              for i in ids]
+    pieces = [p for p in pieces if p not in self._special_pieces]
+    # As transformers' MarianTokenizer.decode(skip_special_tokens=True): with one vocabulary it
+    # decodes through the source model.
+    sp = self._sp_target if self.separate_vocabs else self._sp_source
+    return sp.decode_pieces(pieces).replace("\u2581", " ").strip()

@@ -18,8 +18,10 @@ e.g. `nnx.jit(greedy_translate, static_argnames="max_decode_len")(model, inputs)
   sample(lm, prompt, rng, *, max_decode_len, temperature=1.0, top_k=None, top_p=None)
       -> (B, L) prompt + continuation (temperature=0: greedy)
 Modules: `beam` (beam search), `sampling` (greedy, sampling), `drivers` (model drivers).
-Outputs exclude BOS and hold `pad_id` after EOS. The translation limit defaults to the paper's
-input length + 50 (padded source width S + 50, capped by the model's `max_len`).
+Outputs exclude BOS and hold `pad_id` after EOS; PAD and BOS are never generated (masked out
+of every step's scores), and `forced_eos=True` makes the L-th token EOS (Marian's rule). The
+translation limit defaults to the paper's input length + 50 (padded source width S + 50, capped
+by the model's `max_len`).
 """
 
 from transformer.decoding.beam import beam_search

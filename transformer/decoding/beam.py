@@ -19,6 +19,35 @@ def length_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+def restrict_scores(scores: jax.Array, step: jax.Array, *, banned_ids: tuple[int, ...],
+                    eos_id: int, force_eos_at: int | None) -> jax.Array:
+  """Applies the decoding rules to next-token scores (log-probabilities or logits).
+
+  Banned tokens (PAD and BOS: never outputs) get NEG_INF. At step `force_eos_at` every token
+  but EOS gets NEG_INF and EOS gets 0, so a hypothesis that reaches the length limit ends there
+  without changing its score (Hugging Face's `forced_eos_token_id`, which Marian models set).
+  Applied after the log-softmax, like transformers' logits processors, so kept scores stay the
+  model's log-probabilities.
+
+  Args:
+    scores: float32 (..., V).
+    step: int32 scalar, the index of the token being chosen (0 = first after BOS).
+    banned_ids: ids that are never chosen.
+    eos_id: the end-of-sequence id.
+    force_eos_at: the step at which only EOS is allowed, or None.
+
+  Returns:
+    float32 (..., V).
+  """
+  vocab_ids = jnp.arange(scores.shape[-1])
+  banned = jnp.isin(vocab_ids, jnp.asarray(banned_ids, jnp.int32))
+  scores = jnp.where(banned, NEG_INF, scores)
+  if force_eos_at is not None:
+    only_eos = jnp.where(vocab_ids == eos_id, 0.0, NEG_INF).astype(scores.dtype)
+    scores = jnp.where(step == force_eos_at, only_eos, scores)
+  return scores
+
+
 def expand_to_beams(tree: Any, beam_size: int) -> Any:
   """Repeats every batch-leading leaf (ndim >= 1) K times: (B, ...) -> (B * K, ...).
 
@@ -71,13 +100,14 @@ def beam_search(
     eos_id: int,
     alpha: float = 0.6,
     pad_id: int = 0,
+    forced_eos: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """Finds the K best sequences under score = log P(Y) / lp(|Y|), stopping at EOS.
 
   The whole search is one `lax.while_loop`; it stops early once no live hypothesis can beat
   the worst finished one (sound for alpha >= 0, where lp grows with length). A hypothesis
   finishes when its EOS ranks among the K best candidates of its step, so beam 1 with alpha 0
-  is exactly greedy decoding.
+  is exactly greedy decoding. PAD and BOS are never chosen (see `restrict_scores`).
 
   Args:
     step_fn: `(tokens (B * K,), cache) -> (logits (B * K, V), cache)`: feeds one token per row
@@ -90,7 +120,8 @@ def beam_search(
     bos_id: first token fed to `step_fn`.
     eos_id: token that ends a hypothesis.
     alpha: length-penalty exponent, >= 0 (0.6 in the paper).
-    pad_id: written after EOS in the returned sequences.
+    pad_id: written after EOS in the returned sequences; never generated.
+    forced_eos: the L-th token is EOS (adding 0 to the score), as Marian models decode.
 
   Returns:
     (sequences int32 (B, K, L) without BOS, best first, padded with `pad_id` after EOS;
@@ -134,6 +165,8 @@ def beam_search(
     logits, cache = step_fn(tokens, s["cache"])
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
+    log_probs = restrict_scores(log_probs, i, banned_ids=(pad_id, bos_id), eos_id=eos_id,
+                                force_eos_at=length - 1 if forced_eos else None)
     candidates = (s["alive_logp"][:, :, None] + log_probs).reshape(b, k * vocab)
     # 2K candidates: each beam contributes at most one EOS, so at least K are not EOS.
     top_logp, top_index = jax.lax.top_k(candidates, 2 * k)  # (B, 2K)

@@ -32,6 +32,7 @@ def greedy_translate(
     *,
     max_decode_len: int | None = None,
     inputs_segmentation: jax.Array | None = None,
+    forced_eos: bool = False,
 ) -> jax.Array:
   """Greedy translation: encoder once, then one argmax token per step from the cached decoder.
 
@@ -40,6 +41,7 @@ def greedy_translate(
     inputs: int (B, S) source ids, `pad_id` padded.
     max_decode_len: L; default min(S + 50, model.config.max_len).
     inputs_segmentation: int (B, S), 0 = padding; default `inputs != pad_id`.
+    forced_eos: the L-th token is EOS (Marian models' rule).
 
   Returns:
     int32 (B, L) target ids without BOS, ending in EOS then `pad_id`.
@@ -49,7 +51,7 @@ def greedy_translate(
   cache = model.init_cache(inputs, length, inputs_segmentation=inputs_segmentation)
   return sampling_lib.greedy(model.decode_step, cache, batch_size=inputs.shape[0],
                            max_decode_len=length, bos_id=cfg.bos_id, eos_id=cfg.eos_id,
-                           pad_id=cfg.pad_id)
+                           pad_id=cfg.pad_id, forced_eos=forced_eos)
 
 
 def beam_search_translate(
@@ -60,6 +62,7 @@ def beam_search_translate(
     alpha: float = 0.6,
     max_decode_len: int | None = None,
     inputs_segmentation: jax.Array | None = None,
+    forced_eos: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam-search translation with the paper's defaults (beam 4, alpha 0.6, limit S + 50).
 
@@ -70,6 +73,7 @@ def beam_search_translate(
     alpha: length-penalty exponent.
     max_decode_len: L; default min(S + 50, model.config.max_len).
     inputs_segmentation: int (B, S), 0 = padding; default `inputs != pad_id`.
+    forced_eos: the L-th token is EOS (Marian models' rule).
 
   Returns:
     (best sequences int32 (B, L) without BOS, `pad_id` after EOS; their scores float32 (B,)).
@@ -81,7 +85,7 @@ def beam_search_translate(
   sequences, scores = beam_lib.beam_search(
       model.decode_step, cache, batch_size=inputs.shape[0], beam_size=beam_size,
       max_decode_len=length, bos_id=cfg.bos_id, eos_id=cfg.eos_id, alpha=alpha,
-      pad_id=cfg.pad_id)
+      pad_id=cfg.pad_id, forced_eos=forced_eos)
   return sequences[:, 0], scores[:, 0]
 
 

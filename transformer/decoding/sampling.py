@@ -19,7 +19,7 @@ def filter_logits(
     logits: float (B, V).
     top_k: keep the k largest logits (None: all).
     top_p: keep the smallest set of most likely tokens whose probability reaches top_p, in
-      (0, 1] (None: all). The most likely token is always kept.
+      (0, 1] (None or 1.0: all). The most likely token is always kept.
 
   Returns:
     float32 (B, V).
@@ -33,6 +33,9 @@ def filter_logits(
   if top_p is not None:
     if not 0.0 < top_p <= 1.0:
       raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  # top_p = 1.0 keeps everything: the cumulative sum of float32 probabilities can reach 1.0
+  # before the last tokens, which the comparison below would then drop.
+  if top_p is not None and top_p < 1.0:
     sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V) descending
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     # Probability mass strictly before each token; a token is kept if that mass < top_p.
@@ -58,11 +61,13 @@ def sample(
     top_p: float | None = None,
     prompt: jax.Array | None = None,
     prompt_lengths: jax.Array | None = None,
+    forced_eos: bool = False,
 ) -> jax.Array:
   """Samples (or, with temperature 0, greedily picks) one continuation per row.
 
   Feeds BOS, then the prompt tokens (teacher-forced into the cache), then its own choices, until
   every row has emitted EOS or L tokens exist. One `lax.while_loop`, no Python loop per token.
+  PAD and BOS are never chosen (`beam.restrict_scores`).
 
   Args:
     step_fn: `(tokens (B,), cache) -> (logits (B, V), cache)`.
@@ -78,6 +83,7 @@ def sample(
     top_p: sample only from the top-p nucleus.
     prompt: int (B, P) left-aligned prompt ids, P <= L, or None.
     prompt_lengths: int (B,) real prompt lengths; default P for every row.
+    forced_eos: the L-th token is EOS (Marian's rule; see `beam.restrict_scores`).
 
   Returns:
     int32 (B, L): prompt then generated tokens, `pad_id` after EOS.
@@ -107,6 +113,9 @@ def sample(
     tokens = jax.lax.dynamic_index_in_dim(s["buffer"], i, axis=1, keepdims=False)  # (B,)
     logits, cache = step_fn(tokens, s["cache"])
     rng, key = jax.random.split(s["rng"])
+    logits = beam_lib.restrict_scores(
+        logits.astype(jnp.float32), i, banned_ids=(pad_id, bos_id), eos_id=eos_id,
+        force_eos_at=length - 1 if forced_eos else None)
     if temperature == 0:
       chosen = jnp.argmax(logits, axis=-1)
     else:
@@ -131,8 +140,9 @@ def greedy(
     bos_id: int,
     eos_id: int,
     pad_id: int = 0,
+    forced_eos: bool = False,
 ) -> jax.Array:
-  """Greedy decoding: the argmax token at every step.
+  """Greedy decoding: the argmax token at every step (never PAD or BOS).
 
   Args:
     step_fn: `(tokens (B,), cache) -> (logits (B, V), cache)`.
@@ -142,9 +152,11 @@ def greedy(
     bos_id: first token fed.
     eos_id: a row stops after emitting it.
     pad_id: written after EOS.
+    forced_eos: the L-th token is EOS (Marian's rule).
 
   Returns:
     int32 (B, L) tokens without BOS, `pad_id` after EOS.
   """
   return sample(step_fn, cache, None, batch_size=batch_size, max_decode_len=max_decode_len,
-                bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, temperature=0.0)
+                bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, temperature=0.0,
+                forced_eos=forced_eos)

@@ -50,7 +50,8 @@ class OutputProjection(nnx.Module):
 
   def __init__(self, config: config_lib.TransformerConfig, embedding: layers.Embedding,
                vocab_size: int, *, rngs: nnx.Rngs):
-    """Ties to `embedding` when `config.tie_output_projection`, else creates a kernel."""
+    """Ties to `embedding` when `config.tie_output_projection`, else creates a kernel; adds a
+    (V,) `bias` only when `config.output_bias` (absent by default, so older checkpoints load)."""
     self.tied = config.tie_output_projection
     self.dtype = jnp.dtype(config.dtype)
     if self.tied:
@@ -59,13 +60,22 @@ class OutputProjection(nnx.Module):
       self.kernel = layers.make_param(
           rngs, jax.nn.initializers.xavier_uniform(), (config.d_model, vocab_size),
           ("embed", "vocab"), jnp.dtype(config.param_dtype))
+    self.has_bias = config.output_bias
+    if self.has_bias:
+      self.bias = layers.make_param(rngs, jax.nn.initializers.zeros, (vocab_size,), ("vocab",),
+                                    jnp.dtype(config.param_dtype))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps hidden states (B, T, D) to float32 logits (B, T, V)."""
     if self.tied:
-      return self.embedding.attend(x)
-    return jnp.einsum("btd,dv->btv", x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+      logits = self.embedding.attend(x)
+    else:
+      logits = jnp.einsum("btd,dv->btv", x.astype(self.dtype),
+                          self.kernel[...].astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+    if self.has_bias:
+      logits = logits + self.bias[...].astype(jnp.float32)
+    return logits
 
 
 def capture_attention_weights(

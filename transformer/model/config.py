@@ -9,7 +9,10 @@ import dataclasses
 import jax.numpy as jnp
 
 _NORM_PLACEMENTS = ("post", "pre")
-_ACTIVATIONS = ("relu", "gelu")
+_ACTIVATIONS = ("relu", "gelu", "silu")
+# Compute dtypes: softmax, norms, logits and losses run in float32 whatever the compute dtype, so
+# float64 would be float64 in name only.
+_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 _POSITION_ENCODINGS = ("sinusoidal", "learned")
 _ATTENTION_IMPLS = ("xla", "cudnn", "reference")
 
@@ -46,7 +49,8 @@ class TransformerConfig:
   # "post": x = LayerNorm(x + Dropout(Sublayer(x))) as in the paper; "pre": x = x +
   # Dropout(Sublayer(LayerNorm(x))) with one final LayerNorm after each stack.
   norm_placement: str = "post"
-  # Feed-forward activation: "relu" (paper) or "gelu".
+  # Feed-forward activation: "relu" (paper), "gelu" (exact erf) or "silu" (x * sigmoid(x), which
+  # Marian models call "swish").
   activation: str = "relu"
   # Position information: "sinusoidal" (paper, section 3.5) or "learned" embeddings.
   position_encoding: str = "sinusoidal"
@@ -54,6 +58,8 @@ class TransformerConfig:
   share_embeddings: bool = True
   # Logits through the transposed target embedding matrix (section 3.4); else a separate matrix.
   tie_output_projection: bool = True
+  # A learned bias (V,) added to the output logits (Marian's `final_logits_bias`).
+  output_bias: bool = False
   # LayerNorm epsilon.
   layer_norm_epsilon: float = 1e-6
   # Compute dtype of activations and matmuls ("float32", "bfloat16"); softmax, norms, logits
@@ -107,6 +113,10 @@ class TransformerConfig:
         jnp.dtype(getattr(self, name))
       except TypeError as e:
         raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype") from e
+      if jnp.dtype(getattr(self, name)).name not in _COMPUTE_DTYPES:
+        raise ValueError(
+            f"{name}={getattr(self, name)!r} is not supported: use one of {_COMPUTE_DTYPES} "
+            "(LayerNorm, softmax, logits and the loss always run in float32)")
 
   @property
   def source_vocab_size(self) -> int:

@@ -38,7 +38,7 @@ def closed_form_param_count(config: config_lib.TransformerConfig, family: str) -
   decoder_layer = 2 * attention + feed_forward + 3 * norm
   final_norm = norm if config.norm_placement == "pre" else 0
   positions = config.max_len * d if config.position_encoding == "learned" else 0
-  output = 0 if config.tie_output_projection else d * v
+  output = (0 if config.tie_output_projection else d * v) + (v if config.output_bias else 0)
   if family == "encoder_decoder":
     embeddings = config.source_vocab_size * d + (0 if config.share_embeddings else v * d)
     encoder = config.num_encoder_layers * encoder_layer + final_norm

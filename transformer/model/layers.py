@@ -291,6 +291,14 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
+# approximate=False: exact erf GELU, as in torch's default and Marian's "gelu".
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+}
+
+
 class FeedForward(nnx.Module):
   """Position-wise feed-forward network FFN(x) = act(x W1 + b1) W2 + b2 (section 3.3)."""
 
@@ -309,13 +317,13 @@ class FeedForward(nnx.Module):
     Args:
       embed_dim: D.
       hidden_dim: F.
-      activation: "relu" (paper) or "gelu".
+      activation: "relu" (paper), "gelu" (exact) or "silu" (Marian's "swish").
       dtype: compute dtype.
       param_dtype: storage dtype.
       rngs: random streams.
     """
-    if activation not in ("relu", "gelu"):
-      raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+    if activation not in _ACTIVATIONS:
+      raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
     self.activation = activation
     self.dtype = dtype
     xavier = jax.nn.initializers.xavier_uniform()
@@ -329,6 +337,5 @@ class FeedForward(nnx.Module):
     """Maps x (B, T, D) to (B, T, D) in `dtype`."""
     dt = self.dtype
     h = jnp.einsum("btd,df->btf", x.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
-    # approximate=False: exact erf GELU, as in torch's default.
-    h = jax.nn.relu(h) if self.activation == "relu" else jax.nn.gelu(h, approximate=False)
+    h = _ACTIVATIONS[self.activation](h)
     return jnp.einsum("btf,fd->btd", h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)

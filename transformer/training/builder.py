@@ -33,11 +33,19 @@ def check_task(task: str) -> None:
 
 
 def make_model_config(
-    model_fields: dict, *, vocab_size: int, pad_id: int, bos_id: int, eos_id: int
+    model_fields: dict, *, vocab_size: int, pad_id: int, bos_id: int, eos_id: int,
+    input_vocab_size: int | None = None,
 ) -> model_lib.TransformerConfig:
-  """`TransformerConfig(**config.model)` plus the tokenizer's vocabulary size and special ids."""
+  """`TransformerConfig(**config.model)` plus the tokenizer's vocabulary sizes and special ids.
+
+  `input_vocab_size` is the source vocabulary size when it differs (imported Marian models with
+  separate vocabularies); equal to `vocab_size` or None means one size.
+  """
+  if input_vocab_size == vocab_size:
+    input_vocab_size = None
   return model_lib.TransformerConfig(
-      **model_fields, vocab_size=vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id
+      **model_fields, vocab_size=vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+      input_vocab_size=input_vocab_size,
   )
 
 
@@ -80,6 +88,20 @@ class TrainSetup:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         self.abstract_state, self.state_shardings,
+    )
+
+  def abstract_state_with_optimizer(
+      self, optimizer_config: optimizers.OptimizerConfig, num_train_steps: int
+  ) -> state_lib.TrainState:
+    """Like `abstract_state_with_shardings`, with the optimizer state of another optimizer
+    config (the restore target of a checkpoint saved under that config)."""
+    tx, _ = optimizers.make_optimizer(optimizer_config, self.model_config.d_model,
+                                      num_train_steps)
+    abstract = self.abstract_state.replace(
+        opt_state=jax.eval_shape(tx.init, self.abstract_state.params))
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract, sharding.get_shardings(abstract, self.mesh),
     )
 
   def model(self, state: state_lib.TrainState) -> nnx.Module:

@@ -40,6 +40,12 @@ class OptimizerConfig:
       raise ValueError(f"optimizer.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
     if self.grad_clip_norm < 0:
       raise ValueError(f"optimizer.grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
+    if self.warmup_steps < (1 if self.schedule == "rsqrt" else 0):
+      raise ValueError(
+          f"optimizer.warmup_steps must be >= {1 if self.schedule == 'rsqrt' else 0} with the "
+          f"{self.schedule} schedule, got {self.warmup_steps}")
+    if not self.learning_rate > 0:
+      raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
 
 
 def make_schedule(cfg: OptimizerConfig, d_model: int, num_train_steps: int) -> optax.Schedule:

@@ -4,8 +4,6 @@ each implementation in a process of its own at low load.
 Imports neither JAX nor torch, so each worker process loads only its own framework.
 """
 
-import ctypes
-import gc
 import json
 import os
 import resource
@@ -66,23 +64,6 @@ def peak_rss_mib() -> float:
       if line.startswith("VmHWM:"):
         return int(line.split()[1]) / 1024.0
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def release_freed_heap() -> bool:
-  """Returns memory that the process has freed but glibc's malloc still holds to the system.
-
-  XLA's compiler frees hundreds of MiB after compiling a train step, spread over the malloc
-  arenas of its compile threads; glibc keeps them mapped, so they count in the resident size
-  for the rest of the run. `malloc_trim(0)` gives back every free page of every arena. It frees
-  nothing in use. Returns False where glibc is absent (then it does nothing).
-  """
-  gc.collect()
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  libc.malloc_trim(0)
-  return True
 
 
 def wait_for_quiet(max_load: float, wait_s: float) -> float:

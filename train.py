@@ -31,6 +31,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from transformer import distributed
+from transformer.training import errors
 from transformer.training import loop
 from transformer.training import run_config
 
@@ -67,11 +68,11 @@ def _check_config_file(argv: list[str]) -> None:
   """Exits (status 2) when the --config file is missing or does not load."""
   path = _config_path(argv)
   if not os.path.isfile(path):
-    _fail(loop.EXIT_USAGE, f"--config file {path} does not exist")
+    _fail(errors.EXIT_USAGE, f"--config file {path} does not exist")
   try:
     _load_config(argv)
   except Exception as e:  # Whatever the user's file raises: one line, not a traceback.
-    _fail(loop.EXIT_USAGE, f"--config file {path} does not load: {type(e).__name__}: {e}")
+    _fail(errors.EXIT_USAGE, f"--config file {path} does not load: {type(e).__name__}: {e}")
 
 
 def _check_overrides(argv: list[str]) -> None:
@@ -83,7 +84,7 @@ def _check_overrides(argv: list[str]) -> None:
   for override in overrides:
     message = run_config.explain_unknown_field(config, override)
     if message:
-      _fail(loop.EXIT_USAGE, message)
+      _fail(errors.EXIT_USAGE, message)
 
 
 if __name__ == "__main__":
@@ -132,7 +133,7 @@ def main(argv):
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
         local_device_ids=local_device_ids or None)
   except ValueError as e:  # DistributedConfigError, or a --local_device_ids entry.
-    _fail(loop.EXIT_USAGE, str(e))
+    _fail(errors.EXIT_USAGE, str(e))
   if not distributed.is_main_process():
     logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others only warn.
   logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
@@ -141,18 +142,18 @@ def main(argv):
   try:
     summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                       exit_on_second_interrupt=True)
-  except loop.UsageError as e:
-    _fail(loop.EXIT_USAGE, str(e))
-  except loop.TrainingError as e:
-    _fail(loop.EXIT_FAILED, str(e))
+  except errors.UsageError as e:
+    _fail(errors.EXIT_USAGE, str(e))
+  except errors.TrainingError as e:
+    _fail(errors.EXIT_FAILED, str(e))
   except KeyboardInterrupt:  # Ctrl-C before training started.
-    print(loop.interrupted_message(_WORKDIR.value), file=sys.stderr, flush=True)
-    os._exit(loop.EXIT_INTERRUPTED)  # Not sys.exit: no waiting on background threads.
+    print(errors.interrupted_message(_WORKDIR.value), file=sys.stderr, flush=True)
+    os._exit(errors.EXIT_INTERRUPTED)  # Not sys.exit: no waiting on background threads.
   if summary["stopped_by"] in ("SIGTERM", "SIGINT"):
     print(f"Stopped by {summary['stopped_by']} at step {summary['final_step']} with a checkpoint "
-          f"saved; rerun the same command to resume (exit status {loop.EXIT_STOPPED}).",
+          f"saved; rerun the same command to resume (exit status {errors.EXIT_STOPPED}).",
           file=sys.stderr, flush=True)
-    sys.exit(loop.EXIT_STOPPED)
+    sys.exit(errors.EXIT_STOPPED)
 
 
 if __name__ == "__main__":

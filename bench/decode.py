@@ -22,28 +22,48 @@ marked LOADED and left out of the ratios); the workers build the same data and t
 (fixed seeds) and write their output tokens to a file, so the parent compares the outputs of
 cached and no-cache decoding token for token. The last line prints the ratios.
 
-With `--workdir=RUN` (a trained translation run), the benchmark instead compares our decoding
-with the ecosystem on the same real sentences (the first `--num_sentences` validation sources of
-the run's source language, raw text in, detokenized text out, all sentences of a pass timed
-together after a warm-up pass): the run is exported to a Marian directory
-(`transformer.convert.export_marian`) and converted to CTranslate2 (`ct2-transformers-converter`),
-then timed, each in its own process, as
+With `--workdir=RUN` (a trained translation run), the benchmark instead times what a user runs
+on real sentences, beside the ecosystem:
 
-- ours: the run's model through `evaluation.Translator` (beam search with the KV cache, one
-  compiled program per source-length bucket, compiled in the warm-up pass; greedy = beam 1),
-- transformers: `MarianMTModel.generate(num_beams=K)` on the export, torch with 2 threads,
-- ctranslate2 float32 and int8: `Translator.translate_batch(beam_size=K)`, 2 threads,
+  python bench/decode.py --workdir=runs/bench_decode --num_sentences=256 --batch_size=32 \
+      --beam_size=4
 
-with `--beam_size` beams and `--batch_size` sentences per batch; the last line prints our
-sentences/s as a ratio to each. Each implementation keeps its own length normalization (ours
-the GNMT penalty of the run's config, transformers and CTranslate2 their defaults), so the
-outputs are close but not identical; the table gives the output tokens of each.
+The sources are the first `--num_sentences` Multi30k validation sentences of the run's source
+language (raw text in, detokenized text out). The run is exported to a Marian directory
+(`transformer.convert.export_marian`) and converted to CTranslate2 (`ct2-transformers-converter`)
+first. Then every row below runs in its own worker process, one at a time, for each of
+`--methods` (greedy, and beam search with `--beam_size` K), `--batch_size` sentences per batch:
+
+- ours: `transformer.Translator.from_workdir(RUN, batch_size=...)` (loading is not timed), then
+  `.greedy(sentences)` or `.translate(sentences, beam_size=K, early_stopping=...)`: sentences
+  sorted by length, source width padded to a multiple of 16, KV cache, one compiled program per
+  (settings, width). Beam search is timed with both stopping rules of `decoding.beam_search`:
+  ours_beam_exact ("exact", the default: stop when no live beam can still win, even at the
+  maximum length) and ours_beam_heuristic ("heuristic": judge live beams at their current
+  length, as Hugging Face does by default);
+- ours_nocache: the same trained model, batches, decode lengths and length penalty, decoded
+  Hugging-Face-style without a KV cache: every step re-runs the decoder on the whole (B, L)
+  prefix (`nocache_step`; beam with the "exact" rule); one jitted program per decode length;
+- transformers: `MarianMTModel.generate(num_beams=K)` (num_beams=1 for greedy) on the export,
+  torch with 2 threads;
+- ctranslate2 float32 and int8: `Translator.translate_batch(beam_size=K)` (1 for greedy),
+  2 threads.
+
+Each worker builds its translator, then times one first call over all sentences (for ours it
+traces and compiles every program: the "first call s" column) and then `--repeats` passes (their
+median gives sentences/s). The table gives each row's output words and how many outputs equal
+ours (greedy) or ours_beam_exact (beam): ours_nocache computes the same function, so it matches
+up to float rounding; the peers keep their own length normalization (ours the GNMT penalty of the
+run's config), so they are close, not identical. The last lines print our sentences/s as a ratio
+to each other row, per method and per beam stopping rule. Ours decodes on JAX's default backend
+in the run's dtype (`--device`, `--dtype` and `--precision` apply to the random-weights mode).
 
 `--device` picks the backend (default: JAX's default, i.e. the GPU where there is one);
 `--dtype=bfloat16` decodes with bf16 compute, `--precision=highest` makes float32 matmuls on a
 GPU exact float32 (no TF32), so that cached and no-cache outputs can be compared token for token.
 """
 
+import functools
 import gzip
 import json
 import os
@@ -61,9 +81,11 @@ import numpy as np
 from flax import nnx
 
 import common
+import transformer
 from transformer import data
 from transformer import decoding
 from transformer import model as model_lib
+from transformer import sharding
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data/multi30k", "Raw Multi30k files.")
 _NUM_BATCHES = flags.DEFINE_integer(
@@ -80,7 +102,8 @@ _PRECISION = flags.DEFINE_enum("precision", "default", ["default", "high", "high
 _MAX_LOAD = flags.DEFINE_float("max_load", 1.5, "Highest 1-minute load average to start a worker.")
 _LOAD_WAIT = flags.DEFINE_integer("load_wait", 180, "Seconds to wait for the load to fall.")
 _METHODS = flags.DEFINE_list("methods", ["greedy", "beam"], "Methods to time: greedy, beam.")
-_WORKER = flags.DEFINE_string("worker", None, "Internal: METHOD:IMPL of a worker process.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: [ecosystem:]METHOD:IMPL of a worker "
+                              "process.")
 _OUTPUT = flags.DEFINE_string("output", None, "Internal: the worker's .npy output file.")
 _RUN = flags.DEFINE_string("workdir", None, "A trained translation run: compare with "
                            "transformers and CTranslate2 on real sentences instead.")
@@ -112,14 +135,19 @@ def nocache_step(model, tokens: jax.Array, cache: dict) -> tuple[jax.Array, dict
   return logits, dict(cache, index=i + 1, tokens=prefix)
 
 
-def make_program(graphdef, method: str, impl: str, length: int, beam_size: int):
-  """The jitted (params, inputs) -> outputs of one method ("greedy" / "beam") and impl."""
+def make_program(graphdef, method: str, impl: str, length: int, beam_size: int, *,
+                 alpha: float = 0.6, early_stopping: str = "exact"):
+  """The jitted (states, inputs) -> outputs of one method ("greedy" / "beam") and impl.
+
+  `states` is the tuple of nnx states `nnx.merge(graphdef, *states)` rebuilds the model from;
+  beam search returns (best sequences (B, L), their scores (B,)).
+  """
   def ours_greedy(model, inputs):
     return decoding.greedy_translate(model, inputs, max_decode_len=length)
 
   def ours_beam(model, inputs):
-    return decoding.beam_search_translate(model, inputs, beam_size=beam_size,
-                                          max_decode_len=length)
+    return decoding.beam_search_translate(model, inputs, beam_size=beam_size, alpha=alpha,
+                                          max_decode_len=length, early_stopping=early_stopping)
 
   def base_greedy(model, inputs):
     cfg = model.config
@@ -133,18 +161,19 @@ def make_program(graphdef, method: str, impl: str, length: int, beam_size: int):
     sequences, scores = decoding.beam_search(
         lambda t, c: nocache_step(model, t, c), nocache_init(model, inputs, length),
         batch_size=inputs.shape[0], beam_size=beam_size, max_decode_len=length,
-        bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
+        bos_id=cfg.bos_id, eos_id=cfg.eos_id, alpha=alpha, pad_id=cfg.pad_id,
+        early_stopping=early_stopping)
     return sequences[:, 0], scores[:, 0]
 
   fn = {("greedy", "cached"): ours_greedy, ("beam", "cached"): ours_beam,
         ("greedy", "no-cache"): base_greedy, ("beam", "no-cache"): base_beam}[method, impl]
-  return jax.jit(lambda params, inputs: fn(nnx.merge(graphdef, params), inputs))
+  return jax.jit(lambda states, inputs: fn(nnx.merge(graphdef, *states), inputs))
 
 
-def run(program, params, batches) -> tuple[float, list]:
+def run(program, states, batches) -> tuple[float, list]:
   """Seconds to decode every batch (synced at the end) and the outputs."""
   start = time.perf_counter()
-  outputs = [program(params, inputs) for inputs in batches]
+  outputs = [program(states, inputs) for inputs in batches]
   jax.block_until_ready(outputs)
   return time.perf_counter() - start, outputs
 
@@ -176,13 +205,14 @@ def run_worker(device: jax.Device, method: str, impl: str) -> dict:
   """Worker body: compile and time one method and implementation; saves the output tokens."""
   num_batches, batches, rows, model_cfg, graphdef, params = build(device)
   program = make_program(graphdef, method, impl, _MAX_DECODE_LEN.value, _BEAM.value)
+  states = (params,)
   start = time.perf_counter()
-  compiled = program.lower(params, batches[0]).compile()
+  compiled = program.lower(states, batches[0]).compile()
   compile_s = time.perf_counter() - start
-  run(compiled, params, batches)  # Warm-up pass.
+  run(compiled, states, batches)  # Warm-up pass.
   seconds = []
   for _ in range(_REPEATS.value):
-    elapsed, outputs = run(compiled, params, batches)
+    elapsed, outputs = run(compiled, states, batches)
     seconds.append(elapsed)
   sequences = [sequences_of(o)[:r] for o, r in zip(outputs, rows)]
   np.save(_OUTPUT.value, np.concatenate(sequences))
@@ -200,7 +230,8 @@ def main(argv):
   except RuntimeError as e:
     raise app.UsageError(f"--device={_DEVICE.value}: JAX has no such backend here ({e})") from e
   if _WORKER.value and _WORKER.value.startswith("ecosystem:"):
-    result = run_ecosystem_worker(_WORKER.value.split(":", 1)[1])
+    _, method, impl = _WORKER.value.split(":")
+    result = run_ecosystem_worker(method, impl)
     print("RESULT " + json.dumps(result), flush=True)
     return
   if _WORKER.value:
@@ -265,58 +296,101 @@ def run_benchmark() -> None:
   print("ratio cached/no-cache sentences/s: " + ", ".join(ratios))
 
 
-ECOSYSTEM = ("ours", "transformers", "ctranslate2_float32", "ctranslate2_int8")
+# The rows of each method, ours first. "same as ours" compares every row with REFERENCE's.
+ECOSYSTEM = {
+    "greedy": ("ours", "ours_nocache", "transformers", "ctranslate2_float32",
+               "ctranslate2_int8"),
+    "beam": ("ours_beam_exact", "ours_beam_heuristic", "ours_nocache", "transformers",
+             "ctranslate2_float32", "ctranslate2_int8"),
+}
+REFERENCE = {"greedy": "ours", "beam": "ours_beam_exact"}
+# When each beam row stops a batch (`decoding.beam_search` for ours; no-cache uses "exact", so
+# that its outputs can be compared with ours_beam_exact token for token).
+BEAM_STOPPING = {
+    "ours_beam_exact": "exact", "ours_beam_heuristic": "heuristic", "ours_nocache": "exact",
+    "transformers": "HF default", "ctranslate2_float32": "K finished",
+    "ctranslate2_int8": "K finished",
+}
 
 
 def _batches(items: list, size: int) -> list[list]:
   return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _timed_passes(translate_all, sentences: list[str]) -> tuple[float, list[str]]:
-  """Warm-up pass (compilation, caches), then the median of --repeats timed passes."""
+def time_passes(translate_all, sentences: list[str], repeats: int) -> dict:
+  """The first call timed alone (tracing, compiling, caches), then `repeats` timed passes.
+
+  Returns:
+    {"first_s": seconds of the first call, "seconds": median seconds of the timed passes,
+     "outputs": the texts of the last pass}.
+  """
+  start = time.perf_counter()
   outputs = translate_all(sentences)
+  first_s = time.perf_counter() - start
   seconds = []
-  for _ in range(_REPEATS.value):
+  for _ in range(repeats):
     start = time.perf_counter()
     outputs = translate_all(sentences)
     seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds), outputs
+  return {"first_s": first_s, "seconds": statistics.median(seconds), "outputs": outputs}
 
 
-def _ours_translate_all(workdir: str):
-  """Our beam search over the run's model, one compiled program per 16-token length bucket."""
-  from transformer.training import evaluation  # pylint: disable=g-import-not-at-top
-  from transformer.training import inference  # pylint: disable=g-import-not-at-top
+def nocache_translate_all(translator, method: str, *, beam_size: int, early_stopping: str):
+  """The translator's trained model decoded without a KV cache, on the translator's batches.
 
-  run = inference.load_run(workdir)
-  tokenizer, setup = run.tokenizer, run.setup
-  batch_size = -(-_BATCH.value // setup.mesh.size) * setup.mesh.size
-  translators = {}
+  Every step re-runs the decoder on the whole (B, L) prefix buffer (`nocache_step`), as
+  Hugging Face models do with `use_cache=False`; batches (sorted by length, source width padded
+  to a multiple of 16), decode lengths, length penalty and detokenization are the
+  translator's, so the outputs are comparable with `translator.greedy` / `translate`.
+
+  Returns:
+    (translate_all(sentences) -> texts, compilations() -> programs compiled so far).
+  """
+  loaded = translator.loaded
+  states = (loaded.state.params, loaded.state.model_state)
+  alpha = float(loaded.config.decoding.length_penalty)
+  programs = {}  # Decode length L -> jitted program (each sees one shape: one compilation).
+
+  # The translator's own batching and decode lengths (private, so that the two cannot drift).
+  batches_of = translator._batches  # pylint: disable=protected-access
+  decode_len = translator._decode_len  # pylint: disable=protected-access
 
   def translate_all(sentences):
-    outputs = []
-    encoded = [tokenizer.encode(s)[:setup.model_config.max_len - 1] + [tokenizer.eos_id]
-               for s in sentences]
-    for chunk in _batches(encoded, batch_size):
-      length = min(-(-max(len(x) for x in chunk) // 16) * 16, setup.model_config.max_len)
-      inputs = np.full((batch_size, length), tokenizer.pad_id, np.int32)
-      for row, ids in enumerate(chunk):
-        inputs[row, :len(ids)] = ids
-      batch = {"inputs": inputs,
-               "inputs_segmentation": (inputs != tokenizer.pad_id).astype(np.int32)}
-      if length not in translators:
-        translators[length] = evaluation.Translator.create(
-            setup, beam_size=_BEAM.value, alpha=run.config.decoding.length_penalty,
-            max_decode_len=length + run.config.decoding.max_extra_length)
-      index = np.where(np.arange(batch_size) < len(chunk), np.arange(batch_size), -1)
-      outputs += translators[length].translate_batches(run.state, [batch], [index], tokenizer,
-                                                       len(chunk))
-    return outputs
+    texts = ["" for _ in sentences]
+    for batch in batches_of(sentences):
+      length = decode_len(batch.inputs.shape[1], None)
+      if length not in programs:
+        programs[length] = make_program(loaded.setup.graphdef, method, "no-cache", length,
+                                        beam_size, alpha=alpha, early_stopping=early_stopping)
+      inputs = sharding.make_global_batch({"inputs": batch.inputs}, translator.mesh)["inputs"]
+      sequences = sequences_of(jax.device_get(programs[length](states, inputs)))
+      for row, number in enumerate(batch.rows):
+        texts[number] = translator.tokenizer.decode(sequences[row].tolist())
+    return texts
 
-  return translate_all
+  return translate_all, lambda: len(programs)
 
 
-def _transformers_translate_all(hf_dir: str):
+def ours_translate_all(impl: str, method: str, *, workdir: str, batch_size: int,
+                       beam_size: int):
+  """A row of ours: `transformer.Translator` as a user runs it, or its no-cache twin.
+
+  Returns:
+    (translate_all(sentences) -> texts, compilations() -> programs compiled so far).
+  """
+  translator = transformer.Translator.from_workdir(workdir, batch_size=batch_size)
+  if impl == "ours_nocache":
+    return nocache_translate_all(translator, method, beam_size=beam_size,
+                                 early_stopping=BEAM_STOPPING[impl])
+  if method == "greedy":
+    translate_all = translator.greedy
+  else:
+    translate_all = functools.partial(translator.translate, beam_size=beam_size,
+                                      early_stopping=BEAM_STOPPING[impl])
+  return translate_all, lambda: translator.num_compilations
+
+
+def _transformers_translate_all(hf_dir: str, *, num_beams: int, batch_size: int):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -327,16 +401,17 @@ def _transformers_translate_all(hf_dir: str):
   def translate_all(sentences):
     outputs = []
     with torch.inference_mode():
-      for chunk in _batches(sentences, _BATCH.value):
+      for chunk in _batches(sentences, batch_size):
         encoded = tokenizer(chunk, return_tensors="pt", padding=True)
-        generated = model.generate(**encoded, num_beams=_BEAM.value, do_sample=False)
+        generated = model.generate(**encoded, num_beams=num_beams, do_sample=False)
         outputs += tokenizer.batch_decode(generated, skip_special_tokens=True)
     return outputs
 
   return translate_all
 
 
-def _ctranslate2_translate_all(ct2_dir: str, hf_dir: str, compute_type: str):
+def _ctranslate2_translate_all(ct2_dir: str, hf_dir: str, compute_type: str, *, beam_size: int,
+                               batch_size: int):
   import ctranslate2  # pylint: disable=g-import-not-at-top
   import sentencepiece  # pylint: disable=g-import-not-at-top
 
@@ -347,33 +422,62 @@ def _ctranslate2_translate_all(ct2_dir: str, hf_dir: str, compute_type: str):
 
   def translate_all(sentences):
     tokens = [source.encode(s, out_type=str) + ["</s>"] for s in sentences]
-    results = translator.translate_batch(tokens, beam_size=_BEAM.value,
-                                         max_batch_size=_BATCH.value)
+    results = translator.translate_batch(tokens, beam_size=beam_size, max_batch_size=batch_size)
     return [target.decode(r.hypotheses[0]) for r in results]
 
   return translate_all
 
 
-def run_ecosystem_worker(impl: str) -> dict:
-  """Worker body: one implementation on the sources in --ecosystem_dir; saves its outputs."""
+def ecosystem_row(method: str, impl: str, sentences: list[str], *, workdir: str,
+                  export_dir: str | None, batch_size: int, beam_size: int,
+                  repeats: int) -> dict:
+  """Builds one row's translator (not timed) and times it on `sentences` (`time_passes`).
+
+  Args:
+    method: "greedy" or "beam" (the peers get beam 1 for greedy).
+    impl: a row of ECOSYSTEM[method].
+    sentences: raw source sentences.
+    workdir: the trained run (ours).
+    export_dir: its Marian export ("hf") and CTranslate2 conversion ("ct2"); peers only.
+    batch_size: sentences per batch.
+    beam_size: beams K of the beam rows.
+    repeats: timed passes after the first call.
+
+  Returns:
+    {"first_s", "seconds", "outputs", "sentences", "output_words", "compilations"} where
+    "compilations" counts our compiled programs after the timed passes (None for the peers).
+  """
+  if impl not in ECOSYSTEM[method]:
+    raise ValueError(f"{impl!r} is not a {method} row; choose from {ECOSYSTEM[method]}")
+  beams = 1 if method == "greedy" else beam_size
+  compilations = None
+  if impl.startswith("ours"):
+    translate_all, compilations = ours_translate_all(impl, method, workdir=workdir,
+                                                     batch_size=batch_size, beam_size=beams)
+  elif impl == "transformers":
+    translate_all = _transformers_translate_all(os.path.join(export_dir, "hf"),
+                                                num_beams=beams, batch_size=batch_size)
+  else:
+    translate_all = _ctranslate2_translate_all(
+        os.path.join(export_dir, "ct2"), os.path.join(export_dir, "hf"),
+        impl[len("ctranslate2_"):], beam_size=beams, batch_size=batch_size)
+  result = time_passes(translate_all, sentences, repeats)
+  result.update(sentences=len(sentences),
+                output_words=sum(len(o.split()) for o in result["outputs"]),
+                compilations=compilations() if compilations else None)
+  return result
+
+
+def run_ecosystem_worker(method: str, impl: str) -> dict:
+  """Worker body: one row on the sources in --ecosystem_dir; saves its outputs there."""
   root = _ECOSYSTEM_DIR.value
-  hf_dir = os.path.join(root, "hf")
   with open(os.path.join(root, "sources.txt"), encoding="utf-8") as f:
     sentences = f.read().splitlines()
-  if impl == "ours":
-    translate_all = _ours_translate_all(_RUN.value)
-  elif impl == "transformers":
-    translate_all = _transformers_translate_all(hf_dir)
-  elif impl.startswith("ctranslate2_"):
-    translate_all = _ctranslate2_translate_all(os.path.join(root, "ct2"), hf_dir,
-                                               impl[len("ctranslate2_"):])
-  else:
-    raise ValueError(f"unknown implementation {impl!r}")
-  seconds, outputs = _timed_passes(translate_all, sentences)
-  with open(os.path.join(root, f"{impl}.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join(outputs) + "\n")
-  return dict(seconds=seconds, sentences=len(sentences),
-              output_words=sum(len(o.split()) for o in outputs))
+  result = ecosystem_row(method, impl, sentences, workdir=_RUN.value, export_dir=root,
+                         batch_size=_BATCH.value, beam_size=_BEAM.value, repeats=_REPEATS.value)
+  with open(os.path.join(root, f"{method}_{impl}.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(result.pop("outputs")) + "\n")
+  return result
 
 
 def _validation_sources(workdir: str, count: int) -> list[str]:
@@ -386,12 +490,11 @@ def _validation_sources(workdir: str, count: int) -> list[str]:
 
 
 def run_ecosystem_benchmark(workdir: str) -> None:
-  """Exports the run, converts it, times the four implementations; prints table and ratios."""
+  """Exports the run, converts it, times every row of each method; prints table and ratios."""
   from transformer import convert  # pylint: disable=g-import-not-at-top
 
   print(f"cpus={os.cpu_count()} load average={os.getloadavg()}; run {workdir}; beam "
-        f"{_BEAM.value}, batch {_BATCH.value}; each implementation in its own process, one at "
-        "a time")
+        f"{_BEAM.value}, batch {_BATCH.value}; each row in its own process, one at a time")
   results = {}
   with tempfile.TemporaryDirectory() as root:
     sentences = _validation_sources(workdir, _NUM_SENTENCES.value)
@@ -401,27 +504,72 @@ def run_ecosystem_benchmark(workdir: str) -> None:
     subprocess.run([sys.executable, "-m", "ctranslate2.converters.transformers", "--model",
                     os.path.join(root, "hf"), "--output_dir", os.path.join(root, "ct2")],
                    check=True, capture_output=True)
-    for impl in ECOSYSTEM:
-      argv = ([sys.executable, os.path.abspath(__file__), f"--worker=ecosystem:{impl}",
-               f"--ecosystem_dir={root}", f"--workdir={os.path.abspath(workdir)}"]
-              + [f"--{n}={flags.FLAGS[n].value}" for n in ("beam_size", "batch_size", "repeats",
-                                                            "manual_dir")])
-      results[impl] = common.run_worker(argv, label=impl, max_load=_MAX_LOAD.value,
-                                        wait_s=_LOAD_WAIT.value)
-      with open(os.path.join(root, f"{impl}.txt"), encoding="utf-8") as f:
-        results[impl]["outputs"] = f.read().splitlines()
-  ours = results["ours"]
-  print(f"{len(sentences)} Multi30k validation sentences, median of {_REPEATS.value} passes "
-        "after a warm-up pass")
-  print(f"{'implementation':<20} {'seconds':>8} {'sent/s':>8} {'words out':>9} "
-        f"{'same as ours':>12} {'load':>10}")
-  for impl, r in results.items():
-    same = sum(a == b for a, b in zip(r["outputs"], ours["outputs"]))
-    print(f"{impl:<20} {r['seconds']:>8.2f} {r['sentences'] / r['seconds']:>8.1f} "
-          f"{r['output_words']:>9} {f'{same}/{len(sentences)}':>12} "
-          f"{r['load_before']:>4.2f}/{r['load_after']:<4.2f}{'  LOADED' if r['loaded'] else ''}")
-  ratios = [f"{ours_vs(ours, r)} {impl}" for impl, r in results.items() if impl != "ours"]
-  print(f"ratio of our sentences/s (beam {_BEAM.value}): " + ", ".join(ratios))
+    for method in _METHODS.value:
+      for impl in ECOSYSTEM[method]:
+        argv = ([sys.executable, os.path.abspath(__file__), f"--worker=ecosystem:{method}:{impl}",
+                 f"--ecosystem_dir={root}", f"--workdir={os.path.abspath(workdir)}"]
+                + [f"--{n}={flags.FLAGS[n].value}" for n in ("beam_size", "batch_size",
+                                                              "repeats", "manual_dir")])
+        r = common.run_worker(argv, label=f"{method} {impl}", max_load=_MAX_LOAD.value,
+                              wait_s=_LOAD_WAIT.value)
+        with open(os.path.join(root, f"{method}_{impl}.txt"), encoding="utf-8") as f:
+          r["outputs"] = f.read().splitlines()
+        results[method, impl] = r
+  for line in ecosystem_table(results, _METHODS.value, beam_size=_BEAM.value,
+                              repeats=_REPEATS.value):
+    print(line)
+
+
+def ecosystem_table(results: dict, methods: list[str], *, beam_size: int,
+                    repeats: int) -> list[str]:
+  """The table of the measured rows and the ratio lines.
+
+  Args:
+    results: (method, impl) -> `ecosystem_row`'s dict plus `common.run_worker`'s load fields;
+      rows of ECOSYSTEM that are missing are left out.
+    methods: the methods to report, in order.
+    beam_size: K, for the text.
+    repeats: timed passes per row, for the text.
+  """
+  num_sentences = next(iter(results.values()))["sentences"]
+  lines = [
+      (f"{num_sentences} sentences; 'first call s' = the first pass (ours: tracing and "
+       f"compiling its programs, 'programs' of them), 'seconds' = the median of {repeats} "
+       f"passes after it; 'same as ours' compares with ours (greedy) or ours_beam_exact (beam "
+       f"{beam_size}); beam 'stopping': ours exact / heuristic (`decoding.beam_search`), "
+       "transformers its default (early_stopping=False), CTranslate2 its default (patience 1: "
+       "K hypotheses finished)"),
+      (f"{'method':<7} {'implementation':<20} {'stopping':>10} {'first call s':>12} "
+       f"{'seconds':>8} {'sent/s':>8} {'words out':>9} {'same as ours':>12} {'programs':>8} "
+       f"{'load':>10}")]
+  for method in methods:
+    reference = results[method, REFERENCE[method]]["outputs"]
+    for impl in ECOSYSTEM[method]:
+      if (method, impl) not in results:
+        continue
+      r = results[method, impl]
+      same = sum(a == b for a, b in zip(r["outputs"], reference))
+      matching = f"{same}/{r['sentences']}"
+      stopping = "-" if method == "greedy" else BEAM_STOPPING[impl]
+      programs = "-" if r["compilations"] is None else r["compilations"]
+      lines.append(
+          f"{method:<7} {impl:<20} {stopping:>10} {r['first_s']:>12.2f} {r['seconds']:>8.2f} "
+          f"{r['sentences'] / r['seconds']:>8.1f} {r['output_words']:>9} "
+          f"{matching:>12} {programs:>8} {r['load_before']:>4.2f}/"
+          f"{r['load_after']:<4.2f}{'  LOADED' if r['loaded'] else ''}")
+  for method in methods:
+    rows = [i for i in ECOSYSTEM[method] if (method, i) in results]
+    parts = []
+    for ours in (i for i in rows if i.startswith("ours") and i != "ours_nocache"):
+      # The no-cache row decodes with the "exact" rule: compare it with the cached one only.
+      others = [i for i in rows if not i.startswith("ours") or (
+          i == "ours_nocache" and (method == "greedy" or BEAM_STOPPING[ours] == "exact"))]
+      parts.append(f"{ours}: " + (", ".join(
+          f"{ours_vs(results[method, ours], results[method, i])} {i}" for i in others)
+                                  or "no other row measured"))
+    name = "greedy" if method == "greedy" else f"beam {beam_size}"
+    lines.append(f"ratio of our sentences/s ({name}): " + "; ".join(parts))
+  return lines
 
 
 def ours_vs(ours: dict, other: dict) -> str:

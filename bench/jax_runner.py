@@ -12,6 +12,7 @@ from transformer import model as model_lib
 from transformer.training import optimizers
 from transformer.training import state as state_lib
 from transformer.training import steps
+from transformer.training import tasks
 
 
 def model_config(shape: dict, *, dtype: str = "float32",
@@ -55,8 +56,8 @@ class JaxRunner:
     jax.monitoring.register_event_duration_secs_listener(self._count_compiles)
     self.graphdef = graphdef
     self.traces = 0
-    step_fn = functools.partial(steps.train_step, graphdef=graphdef, tx=tx, task="translation",
-                                bos_id=self.config.bos_id, label_smoothing=0.1)
+    step_fn = functools.partial(steps.train_step, graphdef=graphdef, tx=tx,
+                                task=tasks.TRANSLATION, label_smoothing=0.1)
 
     def counted(state, batch):
       self.traces += 1  # Runs at trace time only.

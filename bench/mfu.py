@@ -1,9 +1,9 @@
 """Accelerator training benchmark: model FLOPs utilization (MFU) and input-pipeline idle time.
 
 Used by `bench/train_step.py --device=gpu` (or `--smoke`, which runs every line of this module
-on a CPU with tiny shapes). MFU = counted model FLOPs per step (`transformer.model.
-encoder_decoder_train_flops`: matmuls only, forward x 3) / measured step time / the bf16
-matmul rate this device reaches on a large square matmul, measured here as well.
+on a CPU with tiny shapes). MFU = counted model FLOPs per step
+(`bench/flops.py` `encoder_decoder_train_flops`: matmuls only, forward x 3) / measured step
+time / the bf16 matmul rate this device reaches on a large square matmul, measured here as well.
 """
 
 import collections
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 import common
+import flops as flops_lib
 import jax_runner
-from transformer import model as model_lib
 
 
 def measure_matmul_rate(size: int, dtype: str = "bfloat16", repeats: int = 10) -> float:
@@ -119,7 +119,7 @@ def run_mfu(name: str, *, steps: int, warmup: int, attention_impl: str,
   runner.sync()
   step_s = (time.perf_counter() - start) / steps
   synced = statistics.median(common.timed_steps(runner, steps))
-  flops = model_lib.encoder_decoder_train_flops(runner.config, shape["batch"], shape["src"],
+  flops = flops_lib.encoder_decoder_train_flops(runner.config, shape["batch"], shape["src"],
                                                 shape["tgt"])
   result = MfuResult(
       name=name, attention_impl=runner.config.attention_impl, attention_note=note,

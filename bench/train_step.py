@@ -34,7 +34,7 @@ Peak memory is each worker process's peak resident set (`ru_maxrss` from `wait4`
 measure for every implementation; the parent imports neither framework).
 
 FLOPs. Model FLOPs per step count matrix multiplications only (2 per multiply-add) and the
-backward pass as twice the forward (`transformer.model.encoder_decoder_train_flops`):
+backward pass as twice the forward (`bench/flops.py` `encoder_decoder_train_flops`):
 
   step FLOPs = 3 * [ L_enc * (8 B S D^2 + 4 B S^2 D + 4 B S D F)
                    + L_dec * (8 B T D^2 + 4 B T^2 D            # causal self-attention
@@ -277,7 +277,7 @@ def run_flax_wmt_worker(name: str) -> dict:
 
 def run_cpu(names: list[str]) -> list[dict]:
   """Every implementation on every configuration, one process at a time; prints the table."""
-  from transformer import model as model_lib  # pylint: disable=g-import-not-at-top
+  import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
   print(f"cpus={os.cpu_count()} load average={os.getloadavg()} XLA_FLAGS="
         f"{os.environ.get('XLA_FLAGS', '')!r}; steps={_STEPS.value} (median) after "
@@ -290,7 +290,7 @@ def run_cpu(names: list[str]) -> list[dict]:
   for round_index in range(_ROUNDS.value):
     for name in names:
       shape = common.CONFIGS[name]
-      flops = model_lib.encoder_decoder_train_flops(
+      flops = flops_lib.encoder_decoder_train_flops(
           _model_config(shape), shape["batch"], shape["src"], shape["tgt"])
       for label, worker, package_root in implementations():
         r = measure(label, worker, package_root, name)

@@ -28,7 +28,7 @@ from transformer import convert
 from transformer import decoding
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.training import inference
-from transformer.training import loop
+from transformer.training import resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTI30K = os.path.join(REPO, "..", "shared", "data", "multi30k")
@@ -364,7 +364,7 @@ def test_ctranslate2_greedy_equals_ours(exported, tmp_path):
 
 def test_train_py_keeps_the_imported_model(imported):
   requested = convert.load_config_file(CONFIG)
-  adopt = loop._adopt_imported_model  # pylint: disable=protected-access
+  adopt = resume.adopt_imported_model  # pylint: disable=protected-access
   adopted = adopt(requested, imported["workdir"])
   saved = checkpointing.read_config_json(imported["workdir"])
   assert adopted["model"] == saved["model"] != requested["model"]

@@ -103,13 +103,14 @@ def test_sigkill_midway_then_restart_matches_uninterrupted_run(tmp_path):
 
   # transformer.evaluate on the finished run, averaging the last 2 checkpoints.
   result = _run(["-m", "transformer.evaluate", f"--workdir={straight}", "--split=validation",
-                 "--average_last_k=2", "--beam_size=2"])
+                 "--average_last_k=2", "--beam_size=2", "--json"])
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["steps"] == [25, 30]
-  assert 0.0 <= report["validation/bleu"] <= 100.0
-  assert os.path.basename(report["hypotheses"]) == "validation_eval_avg2_step30_beam2_lp0.6.txt"
-  assert os.path.exists(report["hypotheses"])
+  assert 0.0 <= report["validation"]["bleu"] <= 100.0
+  assert os.path.basename(report["validation"]["hypotheses"]) == (
+      "validation_eval_avg2_step30_beam2_lp0.6.txt")
+  assert os.path.exists(report["validation"]["hypotheses"])
 
 
 def _flatten(tree, prefix=""):

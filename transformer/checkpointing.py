@@ -32,32 +32,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-# Config fields whose change makes existing checkpoints unusable (other parameter shapes, other
-# vocabulary, other optimizer-state structure). Everything else may change between restarts
-# (number of steps, learning rate, dropout, eval cadence, mesh, dtype).
-STRUCTURAL_FIELDS = {
-    "model": None,  # None: every field of the section, except those in RUNTIME_MODEL_FIELDS.
-    "training": ("task",),
-    "data": ("dataset", "source_lang", "target_lang", "vocab_size"),
-    "optimizer": ("name", "grad_accum_steps"),
-}
-RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "attention_impl")
-
-
-def config_differences(saved: Mapping, current: Mapping) -> list[str]:
-  """Structural differences between two config dicts, as 'section.field: saved -> current'."""
-  diffs = []
-  for section, fields in STRUCTURAL_FIELDS.items():
-    old, new = dict(saved.get(section, {})), dict(current.get(section, {}))
-    if fields is None:
-      names = sorted((set(old) | set(new)) - set(RUNTIME_MODEL_FIELDS))
-    else:
-      names = fields
-    for name in names:
-      if old.get(name) != new.get(name):
-        diffs.append(f"{section}.{name}: {old.get(name)!r} -> {new.get(name)!r}")
-  return diffs
-
+from transformer import metrics as metrics_lib
 
 class UnreadableCheckpointError(RuntimeError):
   """No checkpoint of a directory could be restored."""
@@ -65,26 +40,6 @@ class UnreadableCheckpointError(RuntimeError):
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint's files were read but do not hold what was saved."""
-
-
-class IncompatibleCheckpointError(ValueError):
-  """The workdir holds a run whose config cannot be continued with the current config."""
-
-
-def check_compatible(saved_config: Mapping, current_config: Mapping, workdir: str) -> None:
-  """Refuses to continue a workdir whose saved run has another model/data/optimizer shape.
-
-  Raises:
-    IncompatibleCheckpointError: listing each differing field.
-  """
-  diffs = config_differences(saved_config, current_config)
-  if diffs:
-    raise IncompatibleCheckpointError(
-        f"workdir {workdir} holds a run with an incompatible config; refusing to overwrite it. "
-        "Differences (saved -> requested):\n  " + "\n  ".join(diffs) + "\n"
-        "Use a new --workdir, or restore the saved values (see "
-        f"{os.path.join(workdir, 'config.json')})."
-    )
 
 
 class _DropMissingMetricWarning:
@@ -152,11 +107,6 @@ def verify_integrity(state, saved: Mapping | None) -> None:
     raise CorruptCheckpointError("its state holds NaN or infinite values")
 
 
-def is_lower_better(metric: str) -> bool:
-  """Whether smaller values of `metric` are better (losses, perplexities)."""
-  return metric.endswith("loss") or metric.endswith("perplexity")
-
-
 class Checkpointer:
   """Saves and restores TrainStates in `directory` with one orbax CheckpointManager."""
 
@@ -192,10 +142,22 @@ class Checkpointer:
     self._corrupt_dir = corrupt_dir or os.path.join(
         os.path.dirname(self.directory), "corrupt_checkpoints"
     )
+    options = self._manager_options(max_to_keep, best_metric, async_save, read_only)
+    absl_logger = logging.get_absl_logger()
+    if not any(isinstance(f, _DropMissingMetricWarning) for f in absl_logger.filters):
+      absl_logger.addFilter(_DropMissingMetricWarning())
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "data", "config", "integrity")
+    )
+
+  @staticmethod
+  def _manager_options(max_to_keep: int, best_metric: str | None, async_save: bool,
+                       read_only: bool) -> ocp.CheckpointManagerOptions:
+    """Orbax options: keep the latest `max_to_keep` and the best by `best_metric` (see __init__)."""
     policies = [checkpoint_managers.LatestN(n=max_to_keep)]
     best_fn = None
     if best_metric is not None:
-      sign = -1.0 if is_lower_better(best_metric) else 1.0
+      sign = -1.0 if metrics_lib.is_lower_better(best_metric) else 1.0
 
       def best_fn(metrics):
         return sign * float(metrics[best_metric])
@@ -207,21 +169,14 @@ class Checkpointer:
       )
     if read_only:
       # Only the options orbax does not override (with a warning each) for read-only managers.
-      options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
-                                             enable_async_checkpointing=False)
-    else:
-      options = ocp.CheckpointManagerOptions(
-          best_fn=best_fn,
-          best_mode="max",
-          preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-          enable_async_checkpointing=async_save,
-          create=True,
-      )
-    absl_logger = logging.get_absl_logger()
-    if not any(isinstance(f, _DropMissingMetricWarning) for f in absl_logger.filters):
-      absl_logger.addFilter(_DropMissingMetricWarning())
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "config", "integrity")
+      return ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                          enable_async_checkpointing=False)
+    return ocp.CheckpointManagerOptions(
+        best_fn=best_fn,
+        best_mode="max",
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=True,
     )
 
   def all_steps(self) -> list[int]:
@@ -346,7 +301,7 @@ class Checkpointer:
     iterator_state = None
     if data_iterator is not None:
       iterator_state = _saved_iterator_state(os.path.join(step_dir, "data"), step)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    items = {"state": _state_restore_args(abstract_state)}
     has_integrity = os.path.isdir(os.path.join(step_dir, "integrity"))
     if has_integrity:
       items["integrity"] = ocp.args.JsonRestore()
@@ -401,7 +356,29 @@ class Checkpointer:
           f"average_last_k={k} needs at least {k} checkpoints, but {self.directory} has "
           f"{len(steps)}: {steps}"
       )
-    steps = steps[-k:]
+    return self.average(steps[-k:], abstract_state)
+
+  def average(self, steps: Sequence[int], abstract_state) -> tuple[object, list[int]]:
+    """Parameters averaged over the checkpoints at `steps` (float32 sums, then cast back).
+
+    Args:
+      steps: checkpoint steps to average (any order, no repeats).
+      abstract_state: as in `restore`.
+
+    Returns:
+      (state whose params are the average and whose other fields come from the latest of
+      `steps`, the averaged steps ascending).
+
+    Raises:
+      ValueError: if `steps` is empty, repeats a step or names a step that is not saved.
+    """
+    steps = sorted(steps)
+    missing = sorted(set(steps) - set(self.all_steps()))
+    if not steps or missing or len(set(steps)) != len(steps):
+      raise ValueError(
+          f"cannot average the checkpoints at steps {steps}: {self.directory} has "
+          f"{self.all_steps()}" + (f", not {missing}" if missing else "")
+      )
     total = None
     for step in steps:
       state = self._restore_step(step, abstract_state, None)
@@ -422,6 +399,16 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.close()
       self._manager = None
+
+
+def _state_restore_args(abstract_state):
+  """Restore arguments of the `state` item: the whole TrainState, or a part of it (a state
+  without `opt_state`, such as the parameters of an InferenceState: the rest is not read)."""
+  if hasattr(abstract_state, "opt_state"):
+    return ocp.args.StandardRestore(abstract_state)
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_state)
+  return ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args,
+                                partial_restore=True)
 
 
 def _iterator_file(process_index: int, process_count: int) -> str:
@@ -520,13 +507,6 @@ def read_config_json(workdir: str) -> dict | None:
     return None
   with open(path, encoding="utf-8") as f:
     return json.load(f)
-
-
-def abstract_with_shardings(tree, shardings) -> object:
-  """jax.ShapeDtypeStruct leaves carrying `shardings` (for restoring onto a given mesh)."""
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-  )
 
 
 def steps_of(directory: str) -> Sequence[int]:

@@ -194,16 +194,16 @@ def write_run(workdir: str, run_config: dict, tokenizer: tokenizer_lib.Tokenizer
   """
   # Imported here: the training package (orbax, grain) is not needed by `transformer.marian`.
   from transformer.training import builder  # pylint: disable=import-outside-toplevel
-  from transformer.training import loop  # pylint: disable=import-outside-toplevel
+  from transformer.training import run_config as run_config_lib  # pylint: disable=import-outside-toplevel
   from transformer.training import state as state_lib  # pylint: disable=import-outside-toplevel
 
-  cfg = loop.parse_config(run_config)
+  cfg = run_config_lib.parse_config(run_config)
   model_config = builder.make_model_config(
       cfg.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
       bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
       input_vocab_size=tokenizer.source_vocab_size)
   setup = builder.make_train_setup(
-      task=cfg.training.task, model_config=model_config, optimizer_config=cfg.optimizer,
+      task=cfg.task, model_config=model_config, optimizer_config=cfg.optimizer,
       num_train_steps=cfg.training.num_train_steps,
       label_smoothing=cfg.training.label_smoothing, seed=cfg.training.seed,
       mesh=sharding.make_mesh(sharding.MeshConfig()))
@@ -303,8 +303,8 @@ def export_run(run, output_dir: str) -> None:
 
   _check_empty_target(output_dir, "--to_hf")
   workdir = run.workdir
-  if run.setup.task != "translation":
-    raise ConvertError(f"{workdir} trained task {run.setup.task!r}; only translation models "
+  if not run.run.task.decodes:
+    raise ConvertError(f"{workdir} trained task {run.run.task.name!r}; only translation models "
                        "export to Marian")
   fields = dataclasses.asdict(run.setup.model_config)
   if fields["layer_norm_epsilon"] != marian.MARIAN_LAYER_NORM_EPSILON:
@@ -372,7 +372,7 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
-  from transformer.training import loop  # pylint: disable=import-outside-toplevel
+  from transformer.training import errors  # pylint: disable=import-outside-toplevel
 
   values = flags.FLAGS
   if (values.from_hf is None) == (values.to_hf is None):
@@ -383,7 +383,7 @@ def main(argv):
     else:
       export_marian(values.workdir, values.to_hf, step=values.step,
                     average_last_k=values.average_last_k)
-  except (ValueError, loop.TrainingError) as e:  # ConvertError, and the loaders' bad input.
+  except (ValueError, errors.TrainingError) as e:  # ConvertError, and the loaders' bad input.
     raise SystemExit(f"error: {e}") from e
 
 

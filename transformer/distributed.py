@@ -116,6 +116,82 @@ def _cloud_tpu_process_count() -> int | None:
   return None
 
 
+def _settings(coordinator_address, num_processes, process_id, local_device_ids, environ):
+  """(coordinator, count, index, devices): the explicit settings, arguments before environment."""
+  coordinator = coordinator_address or environ.get(ENV_COORDINATOR_ADDRESS) or None
+  count = _int_setting(num_processes, environ.get(ENV_NUM_PROCESSES), "num_processes",
+                       ENV_NUM_PROCESSES)
+  index = _int_setting(process_id, environ.get(ENV_PROCESS_ID), "process_id", ENV_PROCESS_ID)
+  devices = tuple(int(d) for d in local_device_ids) if local_device_ids else None
+  return coordinator, count, index, devices
+
+
+def _check_settings(coordinator: str | None, count: int | None, index: int | None) -> None:
+  """Raises DistributedConfigError for settings that are invalid on their own or together."""
+  if count is not None and count < 1:
+    raise DistributedConfigError(f"num_processes must be >= 1, got {count}")
+  if index is not None and index < 0:
+    raise DistributedConfigError(f"process_id must be >= 0, got {index}")
+  if index is not None and count is not None and index >= count:
+    raise DistributedConfigError(
+        f"process_id={index} is not below num_processes={count}: process ids are "
+        f"0..{count - 1}")
+  if coordinator is not None and (":" not in coordinator
+                                  or not coordinator.rsplit(":", 1)[1].isdigit()):
+    raise DistributedConfigError(
+        f"coordinator_address must be host:port (process 0's address and a free port), got "
+        f"{coordinator!r}")
+
+
+def _find_cluster(environ: Mapping[str, str], mode: str,
+                  cloud_tpu_processes: int | None) -> tuple[str, int] | None:
+  """(name, number of processes) of a detected SLURM, Open MPI or Cloud TPU launch, else None.
+
+  The Cloud TPU metadata server is asked only in "auto" mode, when `cloud_tpu_processes` is None.
+  """
+  cluster = detect_cluster(environ)
+  if cluster is None and mode == "auto" and cloud_tpu_processes is None:
+    cloud_tpu_processes = _cloud_tpu_process_count()
+  if cluster is None and cloud_tpu_processes and cloud_tpu_processes > 1:
+    cluster = ("Cloud TPU slice", cloud_tpu_processes)
+  return cluster
+
+
+def _plan_for_cluster(explicit: Plan, cluster: tuple[str, int]) -> Plan:
+  """The plan of a detected launch; an explicit num_processes must agree with it."""
+  name, size = cluster
+  if explicit.num_processes is not None and explicit.num_processes != size:
+    raise DistributedConfigError(
+        f"num_processes={explicit.num_processes} contradicts the {name} launch of {size} "
+        "processes")
+  return dataclasses.replace(explicit, reason=f"{name} with {size} processes (detected)")
+
+
+def _plan_without_cluster(explicit: Plan, mode: str) -> Plan:
+  """The plan when no launch was detected: explicit settings must be complete in "auto" mode."""
+  count = explicit.num_processes
+  given = {"coordinator_address": explicit.coordinator_address, "num_processes": count,
+           "process_id": explicit.process_id}
+  if count == 1 and mode == "auto":
+    return Plan(False, "one process (num_processes=1)")
+  if all(v is None for v in given.values()):
+    if mode == "on":
+      return dataclasses.replace(explicit, reason="--distributed=on: jax detects the settings")
+    return Plan(False, "single process (no multi-process settings or cluster found)")
+  missing = [name for name, value in given.items() if value is None]
+  if missing and mode == "auto":
+    set_names = ", ".join(f"{k}={v}" for k, v in given.items() if v is not None)
+    verb = "is" if len(missing) == 1 else "are"
+    raise DistributedConfigError(
+        f"{set_names} is given but {' and '.join(missing)} {verb} not, and no SLURM, Open MPI "
+        "or Cloud TPU launch was detected to supply it: pass --coordinator_address=HOST:PORT "
+        "(process 0's address), --num_processes=N and --process_id=I to every process (or set "
+        f"{ENV_COORDINATOR_ADDRESS}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
+  reason = (f"{count} processes (explicit settings)" if not missing
+            else "--distributed=on with partial settings (jax detects the rest)")
+  return dataclasses.replace(explicit, reason=reason)
+
+
 def plan(
     mode: str = "auto",
     *,
@@ -150,57 +226,14 @@ def plan(
   if mode == "off":
     return Plan(False, "multi-process initialization is off (--distributed=off)")
   environ = os.environ if environ is None else environ
-  coordinator = coordinator_address or environ.get(ENV_COORDINATOR_ADDRESS) or None
-  count = _int_setting(num_processes, environ.get(ENV_NUM_PROCESSES), "num_processes",
-                       ENV_NUM_PROCESSES)
-  index = _int_setting(process_id, environ.get(ENV_PROCESS_ID), "process_id", ENV_PROCESS_ID)
-  devices = tuple(int(d) for d in local_device_ids) if local_device_ids else None
-  if count is not None and count < 1:
-    raise DistributedConfigError(f"num_processes must be >= 1, got {count}")
-  if index is not None and index < 0:
-    raise DistributedConfigError(f"process_id must be >= 0, got {index}")
-  if index is not None and count is not None and index >= count:
-    raise DistributedConfigError(
-        f"process_id={index} is not below num_processes={count}: process ids are "
-        f"0..{count - 1}")
-  if coordinator is not None and (":" not in coordinator
-                                  or not coordinator.rsplit(":", 1)[1].isdigit()):
-    raise DistributedConfigError(
-        f"coordinator_address must be host:port (process 0's address and a free port), got "
-        f"{coordinator!r}")
-
-  cluster = detect_cluster(environ)
-  if cluster is None and mode == "auto" and cloud_tpu_processes is None:
-    cloud_tpu_processes = _cloud_tpu_process_count()
-  if cluster is None and cloud_tpu_processes and cloud_tpu_processes > 1:
-    cluster = ("Cloud TPU slice", cloud_tpu_processes)
+  coordinator, count, index, devices = _settings(coordinator_address, num_processes, process_id,
+                                                 local_device_ids, environ)
+  _check_settings(coordinator, count, index)
   explicit = Plan(True, "", coordinator, count, index, devices)
-
+  cluster = _find_cluster(environ, mode, cloud_tpu_processes)
   if cluster is not None:
-    name, size = cluster
-    if count is not None and count != size:
-      raise DistributedConfigError(
-          f"num_processes={count} contradicts the {name} launch of {size} processes")
-    return dataclasses.replace(explicit, reason=f"{name} with {size} processes (detected)")
-  given = {"coordinator_address": coordinator, "num_processes": count, "process_id": index}
-  if count == 1 and mode == "auto":
-    return Plan(False, "one process (num_processes=1)")
-  if all(v is None for v in given.values()):
-    if mode == "on":
-      return dataclasses.replace(explicit, reason="--distributed=on: jax detects the settings")
-    return Plan(False, "single process (no multi-process settings or cluster found)")
-  missing = [name for name, value in given.items() if value is None]
-  if missing and mode == "auto":
-    set_names = ", ".join(f"{k}={v}" for k, v in given.items() if v is not None)
-    verb = "is" if len(missing) == 1 else "are"
-    raise DistributedConfigError(
-        f"{set_names} is given but {' and '.join(missing)} {verb} not, and no SLURM, Open MPI "
-        "or Cloud TPU launch was detected to supply it: pass --coordinator_address=HOST:PORT "
-        "(process 0's address), --num_processes=N and --process_id=I to every process (or set "
-        f"{ENV_COORDINATOR_ADDRESS}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
-  reason = (f"{count} processes (explicit settings)" if not missing
-            else "--distributed=on with partial settings (jax detects the rest)")
-  return dataclasses.replace(explicit, reason=reason)
+    return _plan_for_cluster(explicit, cluster)
+  return _plan_without_cluster(explicit, mode)
 
 
 def _configure_cpu() -> None:

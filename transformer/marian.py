@@ -202,6 +202,69 @@ def _check_positions(weights: dict, config: dict) -> np.ndarray:
   return surplus
 
 
+def _sublayers(cross_attention: bool) -> list[tuple[str, str, str]]:
+  """(our name, Marian name suffix, kind) of one layer's sublayers, in Marian's order.
+
+  Encoder and decoder layers share this list; the decoder adds cross-attention after its
+  self-attention.
+  """
+  parts = [("self_attention", ".self_attn", "attention"),
+           ("self_residual", ".self_attn_layer_norm", "norm")]
+  if cross_attention:
+    parts += [("cross_attention", ".encoder_attn", "attention"),
+              ("cross_residual", ".encoder_attn_layer_norm", "norm")]
+  parts += [("feed_forward", "", "feed_forward"),
+            ("ff_residual", ".final_layer_norm", "norm")]
+  return parts
+
+
+def _layer_in(weights, prefix, perm, num_heads, cross_attention):
+  """Our parameters of one encoder or decoder layer from Marian's weights under `prefix`."""
+  readers = {
+      "attention": lambda name: _attention_in(weights, name, perm, num_heads),
+      "norm": lambda name: _norm_in(weights, name, perm),
+      "feed_forward": lambda name: _feed_forward_in(weights, name, perm),
+  }
+  return {ours: readers[kind](prefix + suffix)
+          for ours, suffix, kind in _sublayers(cross_attention)}
+
+
+def _stack_in(weights, stack, num_layers, perm, num_heads):
+  """Our `encoder` or `decoder` (`stack`) parameters: {"layers": {i: layer}}."""
+  return {"layers": {
+      i: _layer_in(weights, f"model.{stack}.layers.{i}", perm, num_heads, stack == "decoder")
+      for i in range(num_layers)}}
+
+
+def _embeddings_in(source_table, target_table, source_map, target_map, perm, surplus, share):
+  """Our `decoder_embedding` (and, unless shared, `encoder_embedding`) parameters."""
+  scale = np.float32(math.sqrt(len(perm)))
+  start = int(target_map[2])
+  rows = target_table[target_map][:, perm]  # (V_ours, D)
+  # Undo the export's fold: start row + surplus / sqrt(D) (the surplus is 0 otherwise).
+  rows[2] = target_table[start][perm] + surplus[perm] / scale
+  params = {"decoder_embedding": {"embedding": {"table": rows}}}
+  if not share:
+    params["encoder_embedding"] = {"embedding": {"table": source_table[source_map][:, perm]}}
+  elif source_map.shape != target_map.shape or np.any(source_map != target_map):
+    raise ConversionError("shared embeddings need one vocabulary, but the id maps differ")
+  return params
+
+
+def _output_in(weights, target_map, perm, tied, target_vocab_size):
+  """Our `output_projection` parameters: the bias, and the kernel of untied models."""
+  output = {}
+  if not tied:
+    lm_head = _first(weights, ["lm_head.weight"])  # (V, D)
+    output["kernel"] = lm_head[target_map][:, perm].T  # (D, V_ours)
+  if "final_logits_bias" in weights:
+    bias = np.asarray(weights["final_logits_bias"], np.float32).reshape(-1)
+  else:
+    bias = np.zeros(target_vocab_size, np.float32)
+  output["bias"] = bias[target_map]
+  return output
+
+
 def params_from_marian(weights: dict, config: dict, source_map: np.ndarray,
                        target_map: np.ndarray) -> dict:
   """Our parameters (an `nnx.to_pure_dict` tree of float32 numpy arrays) from Marian weights.
@@ -215,60 +278,20 @@ def params_from_marian(weights: dict, config: dict, source_map: np.ndarray,
     The nested dict of `EncoderDecoder` parameters for `model_fields(config)`.
   """
   fields = model_fields(config)
-  d, n = fields["d_model"], fields["num_heads"]
-  perm = dimension_permutation(d)
-  scale = np.float32(math.sqrt(d))
+  share, n = fields["share_embeddings"], fields["num_heads"]
+  perm = dimension_permutation(fields["d_model"])
   surplus = _check_positions(weights, config)
   source_table = _first(weights, ["model.shared.weight", "model.encoder.embed_tokens.weight"])
-  if fields["share_embeddings"]:
+  if share:
     target_table = source_table
   else:
     target_table = _first(weights, ["model.decoder.embed_tokens.weight"])
-  start = int(target_map[2])
-  params = {}
-
-  def embedding(table, id_map, is_target):
-    rows = table[id_map][:, perm]  # (V_ours, D)
-    if is_target:
-      # Undo the export's fold: start row + surplus / sqrt(D) (the surplus is 0 otherwise).
-      rows[2] = table[start][perm] + surplus[perm] / scale
-    return {"embedding": {"table": rows}}
-
-  params["decoder_embedding"] = embedding(target_table, target_map, True)
-  if not fields["share_embeddings"]:
-    params["encoder_embedding"] = embedding(source_table, source_map, False)
-  elif source_map.shape != target_map.shape or np.any(source_map != target_map):
-    raise ConversionError("shared embeddings need one vocabulary, but the id maps differ")
-  params["encoder"] = {"layers": {}}
-  for i in range(fields["num_encoder_layers"]):
-    p = f"model.encoder.layers.{i}"
-    params["encoder"]["layers"][i] = {
-        "self_attention": _attention_in(weights, f"{p}.self_attn", perm, n),
-        "self_residual": _norm_in(weights, f"{p}.self_attn_layer_norm", perm),
-        "feed_forward": _feed_forward_in(weights, p, perm),
-        "ff_residual": _norm_in(weights, f"{p}.final_layer_norm", perm),
-    }
-  params["decoder"] = {"layers": {}}
-  for i in range(fields["num_decoder_layers"]):
-    p = f"model.decoder.layers.{i}"
-    params["decoder"]["layers"][i] = {
-        "self_attention": _attention_in(weights, f"{p}.self_attn", perm, n),
-        "self_residual": _norm_in(weights, f"{p}.self_attn_layer_norm", perm),
-        "cross_attention": _attention_in(weights, f"{p}.encoder_attn", perm, n),
-        "cross_residual": _norm_in(weights, f"{p}.encoder_attn_layer_norm", perm),
-        "feed_forward": _feed_forward_in(weights, p, perm),
-        "ff_residual": _norm_in(weights, f"{p}.final_layer_norm", perm),
-    }
-  output = {}
-  if not fields["tie_output_projection"]:
-    lm_head = _first(weights, ["lm_head.weight"])  # (V, D)
-    output["kernel"] = lm_head[target_map][:, perm].T  # (D, V_ours)
-  if "final_logits_bias" in weights:
-    bias = np.asarray(weights["final_logits_bias"], np.float32).reshape(-1)
-  else:
-    bias = np.zeros(target_table.shape[0], np.float32)
-  output["bias"] = bias[target_map]
-  params["output_projection"] = output
+  params = _embeddings_in(source_table, target_table, source_map, target_map, perm, surplus,
+                          share)
+  params["encoder"] = _stack_in(weights, "encoder", fields["num_encoder_layers"], perm, n)
+  params["decoder"] = _stack_in(weights, "decoder", fields["num_decoder_layers"], perm, n)
+  params["output_projection"] = _output_in(weights, target_map, perm,
+                                           fields["tie_output_projection"], target_table.shape[0])
   return params
 
 
@@ -318,6 +341,76 @@ def _feed_forward_out(params, prefix, perm):
   }
 
 
+def _layer_out(layer, prefix, perm, cross_attention):
+  """Marian weights of one encoder or decoder layer (our `layer` parameters) under `prefix`."""
+  writers = {"attention": _attention_out, "norm": _norm_out, "feed_forward": _feed_forward_out}
+  weights = {}
+  for ours, suffix, kind in _sublayers(cross_attention):
+    weights.update(writers[kind](layer[ours], prefix + suffix, perm))
+  return weights
+
+
+def _stack_out(stack_params, stack, num_layers, perm):
+  """Marian weights of every layer of our `encoder` or `decoder` (`stack`) parameters."""
+  weights = {}
+  for i in range(num_layers):
+    weights.update(_layer_out(stack_params["layers"][i], f"model.{stack}.layers.{i}", perm,
+                              stack == "decoder"))
+  return weights
+
+
+def _marian_table(table, rows, perm):
+  """(len(rows), D) float32: row m is our row rows[m] with its dimensions in Marian's order."""
+  out = np.empty((len(rows), len(perm)), np.float32)
+  out[:, perm] = table[rows]
+  return out
+
+
+def _embeddings_out(params, fields, source_rows, target_rows, target_start, perm):
+  """Marian's token and position tables; the BOS embedding folded into decoder position 0."""
+  scale = np.float32(math.sqrt(len(perm)))
+  target_table = np.asarray(params["decoder_embedding"]["embedding"]["table"], np.float32)
+  if fields["share_embeddings"]:
+    source_table = target_table
+  else:
+    source_table = np.asarray(params["encoder_embedding"]["embedding"]["table"], np.float32)
+  decoder_tokens = _marian_table(target_table, target_rows, perm)
+  bos = decoder_tokens[target_start].copy()
+  decoder_tokens[target_start] = 0.0
+  encoder_tokens = decoder_tokens if fields["share_embeddings"] else _marian_table(
+      source_table, source_rows, perm)
+  encoder_positions = marian_sinusoids(fields["max_len"], len(perm))
+  decoder_positions = encoder_positions.copy()
+  # Same float32 operations as the decoder input, bos * sqrt(D) + position.
+  decoder_positions[0] = bos * scale + decoder_positions[0]
+  weights = {
+      "model.encoder.embed_tokens.weight": encoder_tokens,
+      "model.decoder.embed_tokens.weight": decoder_tokens,
+      "model.encoder.embed_positions.weight": encoder_positions,
+      "model.decoder.embed_positions.weight": decoder_positions,
+  }
+  if fields["share_embeddings"]:
+    weights["model.shared.weight"] = decoder_tokens
+  return weights
+
+
+def _output_out(params, fields, decoder_tokens, target_rows, perm):
+  """Marian's `lm_head.weight` (the decoder tokens when tied) and `final_logits_bias` (1, V)."""
+  output = params.get("output_projection", {})
+  weights = {}
+  if fields["tie_output_projection"]:
+    weights["lm_head.weight"] = decoder_tokens
+  else:
+    kernel = np.asarray(output["kernel"], np.float32)  # (D, V_ours)
+    weights["lm_head.weight"] = _marian_table(kernel.T, target_rows, perm)
+  if "bias" in output:
+    bias = np.asarray(output["bias"], np.float32)[target_rows]
+  else:
+    bias = np.zeros(len(target_rows), np.float32)
+  weights["final_logits_bias"] = bias[None, :]
+  return weights
+
+
 def marian_from_params(params: dict, fields: dict, source_rows: np.ndarray,
                        target_rows: np.ndarray, *, target_start: int) -> dict:
   """Marian weights (state-dict name -> float32 array) from our parameters.
@@ -332,63 +425,12 @@ def marian_from_params(params: dict, fields: dict, source_rows: np.ndarray,
   Returns:
     Every weight `MarianMTModel.state_dict()` saves, tied ones once per name.
   """
-  d = fields["d_model"]
-  perm = dimension_permutation(d)
-  scale = np.float32(math.sqrt(d))
-  target_table = np.asarray(params["decoder_embedding"]["embedding"]["table"], np.float32)
-  if fields["share_embeddings"]:
-    source_table = target_table
-  else:
-    source_table = np.asarray(params["encoder_embedding"]["embedding"]["table"], np.float32)
-
-  def marian_table(table, rows):
-    out = np.empty((len(rows), d), np.float32)
-    out[:, perm] = table[rows]
-    return out
-
-  decoder_tokens = marian_table(target_table, target_rows)
-  bos = decoder_tokens[target_start].copy()
-  decoder_tokens[target_start] = 0.0
-  encoder_tokens = decoder_tokens if fields["share_embeddings"] else marian_table(
-      source_table, source_rows)
-  length = fields["max_len"]
-  encoder_positions = marian_sinusoids(length, d)
-  decoder_positions = encoder_positions.copy()
-  # Same float32 operations as the decoder input, bos * sqrt(D) + position.
-  decoder_positions[0] = bos * scale + decoder_positions[0]
-  weights = {
-      "model.encoder.embed_tokens.weight": encoder_tokens,
-      "model.decoder.embed_tokens.weight": decoder_tokens,
-      "model.encoder.embed_positions.weight": encoder_positions,
-      "model.decoder.embed_positions.weight": decoder_positions,
-  }
-  if fields["share_embeddings"]:
-    weights["model.shared.weight"] = decoder_tokens
-  for i in range(fields["num_encoder_layers"]):
-    layer, p = params["encoder"]["layers"][i], f"model.encoder.layers.{i}"
-    weights.update(_attention_out(layer["self_attention"], f"{p}.self_attn", perm))
-    weights.update(_norm_out(layer["self_residual"], f"{p}.self_attn_layer_norm", perm))
-    weights.update(_feed_forward_out(layer["feed_forward"], p, perm))
-    weights.update(_norm_out(layer["ff_residual"], f"{p}.final_layer_norm", perm))
-  for i in range(fields["num_decoder_layers"]):
-    layer, p = params["decoder"]["layers"][i], f"model.decoder.layers.{i}"
-    weights.update(_attention_out(layer["self_attention"], f"{p}.self_attn", perm))
-    weights.update(_norm_out(layer["self_residual"], f"{p}.self_attn_layer_norm", perm))
-    weights.update(_attention_out(layer["cross_attention"], f"{p}.encoder_attn", perm))
-    weights.update(_norm_out(layer["cross_residual"], f"{p}.encoder_attn_layer_norm", perm))
-    weights.update(_feed_forward_out(layer["feed_forward"], p, perm))
-    weights.update(_norm_out(layer["ff_residual"], f"{p}.final_layer_norm", perm))
-  output = params.get("output_projection", {})
-  if fields["tie_output_projection"]:
-    weights["lm_head.weight"] = decoder_tokens
-  else:
-    kernel = np.asarray(output["kernel"], np.float32)  # (D, V_ours)
-    weights["lm_head.weight"] = marian_table(kernel.T, target_rows)
-  if "bias" in output:
-    bias = np.asarray(output["bias"], np.float32)[target_rows]
-  else:
-    bias = np.zeros(len(target_rows), np.float32)
-  weights["final_logits_bias"] = bias[None, :]
+  perm = dimension_permutation(fields["d_model"])
+  weights = _embeddings_out(params, fields, source_rows, target_rows, target_start, perm)
+  weights.update(_stack_out(params["encoder"], "encoder", fields["num_encoder_layers"], perm))
+  weights.update(_stack_out(params["decoder"], "decoder", fields["num_decoder_layers"], perm))
+  weights.update(_output_out(params, fields, weights["model.decoder.embed_tokens.weight"],
+                             target_rows, perm))
   return {name: np.ascontiguousarray(w) for name, w in weights.items()}
 
 

@@ -22,6 +22,18 @@ from absl import logging
 SUPERSEDED_SUFFIX = ".superseded"  # metrics.jsonl.superseded keeps records a resume replaced.
 
 
+def is_lower_better(metric: str) -> bool:
+  """Whether smaller values of `metric` are better (losses, perplexities)."""
+  return metric.endswith("loss") or metric.endswith("perplexity")
+
+
+def improves(metric: str, value: float, best: tuple[float, int] | None) -> bool:
+  """Whether `value` of `metric` beats the best (value, step) so far (None: nothing yet)."""
+  if best is None:
+    return True
+  return value < best[0] if is_lower_better(metric) else value > best[0]
+
+
 def accumulate(total: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict:
   """Adds step metric sums elementwise; stays on device (no host sync)."""
   if total is None:
@@ -52,6 +64,27 @@ def summarize(sums: Mapping[str, float | jax.Array], prefix: str) -> dict[str, f
   }
 
 
+def train_scalars(sums: Mapping[str, jax.Array], *, learning_rate: float,
+                  seconds: float) -> dict[str, float]:
+  """The logged training metrics of the steps accumulated in `sums`.
+
+  Args:
+    sums: `accumulate`d train-step metrics (with `grad_norm_sum` and `num_steps`).
+    learning_rate: of the last step.
+    seconds: wall time of those steps.
+
+  Returns:
+    `summarize(sums, "train")` plus train/grad_norm (mean over the steps),
+    train/learning_rate and train/steps_per_second.
+  """
+  scalars = summarize(sums, "train")
+  num_steps = float(jax.device_get(sums["num_steps"]))
+  scalars["train/grad_norm"] = float(jax.device_get(sums["grad_norm_sum"])) / num_steps
+  scalars["train/learning_rate"] = learning_rate
+  scalars["train/steps_per_second"] = num_steps / max(seconds, 1e-9)
+  return scalars
+
+
 def compute_bleu(hypotheses: Sequence[str], references: Sequence[str], *,
                  lowercase: bool = False) -> float:
   """Corpus BLEU (sacrebleu, 13a tokenization) on detokenized text.
@@ -71,6 +104,26 @@ def compute_bleu(hypotheses: Sequence[str], references: Sequence[str], *,
     raise ValueError("BLEU needs at least one sentence")
   return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)],
                                      lowercase=lowercase).score)
+
+
+def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+  """The scores a paper reports, each with its sacreBLEU signature (so it can be reproduced).
+
+  Returns:
+    {"bleu", "bleu_lowercase", "chrf": floats in [0, 100], and "bleu_signature",
+    "bleu_lowercase_signature", "chrf_signature": sacreBLEU signature strings}.
+  """
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+  if not hypotheses:
+    raise ValueError("scoring needs at least one sentence")
+  scores = {}
+  metrics = (("bleu", sacrebleu.BLEU()), ("bleu_lowercase", sacrebleu.BLEU(lowercase=True)),
+             ("chrf", sacrebleu.CHRF()))
+  for name, metric in metrics:
+    scores[name] = float(metric.corpus_score(list(hypotheses), [list(references)]).score)
+    scores[f"{name}_signature"] = str(metric.get_signature())
+  return scores
 
 
 def _append_line(fd: int, line: bytes, path: str) -> None:

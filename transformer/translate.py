@@ -1,151 +1,174 @@
 r"""Translates sentences with a trained run (beam search, Vaswani et al., 2017, section 6.1).
 
   echo "Ein Mann fährt Fahrrad." | python -m transformer.translate --workdir=runs/multi30k
-  python -m transformer.translate --workdir=runs/multi30k --input=sources.de --average_last_k=5
+  python -m transformer.translate --workdir=runs/multi30k --input=test.de --output=test.hyp \
+      --average_last_k=5 --beam_size=5
+  python -m transformer.translate --workdir=runs/multi30k --n_best=4 --print_scores --tsv
+  python -m transformer.translate --workdir=runs/multi30k            # a terminal: interactive
 
-Reads one source sentence per line (stdin or --input, UTF-8) and prints one translation per
-line, in order, using the workdir's tokenizer and its latest checkpoint (or the average of the
-last k). Writes nothing to the workdir. Exit status: 0 done; 1 the workdir holds no usable run or
-checkpoint; 2 a bad flag or input that is not UTF-8 (nothing is printed).
+Reads one source sentence per line (stdin or --input, UTF-8) and writes one translation per
+line, in order (stdout or --output, which is never overwritten without --overwrite). The model
+loads once. Piped input streams: --buffer_size lines are read, translated and written at a
+time, so a file of any length runs in bounded memory. When stdin is a terminal (or with
+--interactive) each line is translated as soon as it is entered. Empty lines give empty lines.
+
+With --n_best=K, K lines per source, best first. Columns, tab-separated: the source (--tsv),
+the score log P(Y) / lp(|Y|) (--print_scores), the translation.
+
+Writes nothing to the workdir. Exit status: 0 done; 1 the workdir holds no usable run or
+checkpoint; 2 a bad flag, a missing input, an existing output, or input that is not UTF-8 (the
+message names the line; lines before it are already written).
 """
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
-import numpy as np
 from absl import app
 from absl import flags
-from absl import logging
 
-from transformer.training import evaluation
+from transformer import translator as translator_lib
+from transformer.training import errors
 from transformer.training import inference
-from transformer.training import loop
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.", required=True)
-_INPUT = flags.DEFINE_string("input", None, "File of source sentences; default stdin.")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", None, "Beams; default the run's decoding config.")
-_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", None, "Length-penalty alpha; default the "
-                                     "run's decoding config.")
-_AVERAGE_LAST_K = flags.DEFINE_integer("average_last_k", 1, "Average the last k checkpoints.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Sentences per beam-search batch.")
-
-# Source batches are padded to a multiple of this length, so few shapes are compiled.
-_LENGTH_MULTIPLE = 16
 
 
-def translate_lines(run: inference.LoadedRun, lines: list[str], *, beam_size: int,
-                    length_penalty: float, batch_size: int) -> list[str]:
-  """Translations of `lines`, one per line, in order.
-
-  Sources longer than the model's positions are truncated (with a warning).
-
-  Args:
-    run: the loaded run (task "translation").
-    lines: source sentences.
-    beam_size: beams K.
-    length_penalty: alpha.
-    batch_size: sentences per batch (rounded up to a multiple of the device count).
-
-  Returns:
-    The detokenized translations.
-  """
-  if run.setup.task != "translation":
-    raise loop.TrainingError(f"{run.workdir} trained task {run.setup.task!r}, not translation")
-  tokenizer, setup = run.tokenizer, run.setup
-  max_len = setup.model_config.max_len
-  shards = setup.mesh.size
-  batch_size = -(-batch_size // shards) * shards
-  encoded = []
-  for number, line in enumerate(lines, start=1):
-    ids = tokenizer.encode(line)
-    if len(ids) + 1 > max_len:
-      logging.warning("Line %d has %d tokens; truncated to the model's %d positions.", number,
-                      len(ids) + 1, max_len)
-      ids = ids[:max_len - 1]
-    encoded.append(ids + [tokenizer.eos_id])
-  translators = {}
-  outputs = []
-  for start in range(0, len(encoded), batch_size):
-    chunk = encoded[start:start + batch_size]
-    length = min(-(-max(len(x) for x in chunk) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE, max_len)
-    inputs = np.full((batch_size, length), tokenizer.pad_id, np.int32)
-    for row, ids in enumerate(chunk):
-      inputs[row, :len(ids)] = ids
-    batch = {"inputs": inputs, "inputs_segmentation": (inputs != tokenizer.pad_id).astype(np.int32)}
-    if length not in translators:
-      translators[length] = evaluation.Translator.create(
-          setup, beam_size=beam_size, alpha=length_penalty,
-          max_decode_len=length + run.config.decoding.max_extra_length,
-      )
-    index = np.where(np.arange(batch_size) < len(chunk), np.arange(batch_size), -1)
-    outputs += translators[length].translate_batches(run.state, [batch], [index], tokenizer,
-                                                     len(chunk))
-  return outputs
-
-
-def decode_lines(data: bytes, name: str) -> list[str]:
-  """The lines of UTF-8 `data` (without line ends).
-
-  Raises:
-    loop.UsageError: `data` is not UTF-8 (naming the line and the byte).
-  """
+def _decode_line(raw: bytes, number: int, name: str) -> str:
+  """One line of input without its line end (errors.UsageError if it is not UTF-8)."""
   try:
-    text = data.decode("utf-8")
+    text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
-    line = data.count(b"\n", 0, e.start) + 1
-    raise loop.UsageError(f"{name} is not valid UTF-8: line {line} holds the byte "
-                          f"0x{data[e.start]:02x} (offset {e.start})") from e
-  lines = text.split("\n")
-  if lines and lines[-1] == "":
-    lines.pop()
-  return [line[:-1] if line.endswith("\r") else line for line in lines]
+    raise errors.UsageError(f"{name} is not valid UTF-8: line {number} holds the byte "
+                            f"0x{raw[e.start]:02x} (offset {e.start} of the line)") from e
+  return text.rstrip("\n").removesuffix("\r")
+
+
+def read_chunks(stream: BinaryIO, name: str, size: int) -> Iterator[list[str]]:
+  """Lists of at most `size` lines of `stream`, as they arrive (size 1: line by line)."""
+  chunk = []
+  for number, raw in enumerate(iter(stream.readline, b""), start=1):
+    chunk.append(_decode_line(raw, number, name))
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def format_lines(sources: list[str], hypotheses: list, *, tsv: bool, print_scores: bool,
+                 n_best: int) -> list[str]:
+  """Output lines: per source its n_best hypotheses, columns [source] [score] translation."""
+  lines = []
+  for source, best in zip(sources, hypotheses):
+    for text, score in (best if n_best > 1 else [best]):
+      columns = ([source] if tsv else []) + ([f"{score:.4f}"] if print_scores else []) + [text]
+      lines.append("\t".join(column.replace("\t", " ").replace("\n", " ")
+                             for column in columns))
+  return lines
+
+
+def _check_flags(*, input_path, output_path, overwrite, n_best, beam_size, buffer_size,
+                 batch_size, average_last_k) -> None:
+  inference.check_decoding_flags(beam_size=beam_size, batch_size=batch_size,
+                                 average_last_k=average_last_k)
+  for name, value in (("n_best", n_best), ("buffer_size", buffer_size)):
+    if value < 1:
+      raise errors.UsageError(f"--{name} must be >= 1, got {value}")
+  if beam_size is not None and n_best > beam_size:
+    raise errors.UsageError(f"--n_best={n_best} is larger than --beam_size={beam_size}")
+  if input_path and not os.path.isfile(input_path):
+    raise errors.UsageError(f"--input {input_path} does not exist (or is not a file)")
+  if output_path and os.path.exists(output_path) and not overwrite:
+    raise errors.UsageError(f"--output {output_path} exists; pass --overwrite to replace it")
 
 
 def run_command(workdir: str, *, input_path: str | None, beam_size: int | None,
                 length_penalty: float | None, average_last_k: int, step: int | None,
-                batch_size: int, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> int:
-  """The command: checks the flags, reads the input, translates it all, then prints it.
+                batch_size: int, stdin: BinaryIO, stdout: TextIO, stderr: TextIO,
+                output_path: str | None = None, overwrite: bool = False, n_best: int = 1,
+                print_scores: bool = False, tsv: bool = False, interactive: bool | None = None,
+                buffer_size: int = 1000) -> int:
+  """The command: checks the flags, loads the run once, then translates chunk by chunk.
+
+  Args:
+    interactive: translate each line as it arrives; None means "when stdin is a terminal".
+    (the others: the flags of the same names)
 
   Returns:
     The exit status (0, 1 for an unusable run, 2 for bad flags or input; see the docstring).
   """
+  output = None
   try:
-    inference.check_decoding_flags(beam_size=beam_size, batch_size=batch_size,
-                                   average_last_k=average_last_k)
-    if input_path:
-      with open(input_path, "rb") as f:
-        lines = decode_lines(f.read(), input_path)
+    _check_flags(input_path=input_path, output_path=output_path, overwrite=overwrite,
+                 n_best=n_best, beam_size=beam_size, buffer_size=buffer_size,
+                 batch_size=batch_size, average_last_k=average_last_k)
+    translator = translator_lib.Translator.from_workdir(
+        workdir, step=step, average_last_k=average_last_k, batch_size=batch_size)
+    if n_best > (beam_size or translator.decoding_config.beam_size):
+      raise errors.UsageError(f"--n_best={n_best} is larger than the run's beam size "
+                              f"{translator.decoding_config.beam_size}; raise --beam_size")
+    if interactive is None:
+      interactive = not input_path and stdin.isatty()
+    name = input_path or "the standard input"
+    if output_path:
+      output = open(output_path, "w" if overwrite else "x", encoding="utf-8")
     else:
-      lines = decode_lines(stdin.read(), "the standard input")
-    run = inference.load_run(workdir, step=step, average_last_k=average_last_k)
-    decoding = run.config.decoding
-    translations = translate_lines(
-        run, lines,
-        beam_size=decoding.beam_size if beam_size is None else beam_size,
-        length_penalty=decoding.length_penalty if length_penalty is None else length_penalty,
-        batch_size=batch_size,
-    )
-  except loop.UsageError as e:
+      output = stdout
+    with open(input_path, "rb") if input_path else contextlib.nullcontext(stdin) as source:
+      for chunk in read_chunks(source, name, 1 if interactive else buffer_size):
+        hypotheses = translator.translate(chunk, beam_size=beam_size,
+                                          length_penalty=length_penalty, n_best=n_best,
+                                          return_scores=True)
+        for line in format_lines(chunk, hypotheses, tsv=tsv, print_scores=print_scores,
+                                 n_best=n_best):
+          print(line, file=output)
+        output.flush()
+  except errors.UsageError as e:
     print(f"error: {e}", file=stderr)
-    return loop.EXIT_USAGE
-  except (loop.TrainingError, OSError) as e:
+    return errors.EXIT_USAGE
+  except (errors.TrainingError, OSError) as e:
     print(f"error: {e}", file=stderr)
-    return loop.EXIT_FAILED
-  for translation in translations:
-    print(translation, file=stdout)
+    return errors.EXIT_FAILED
+  finally:
+    if output is not None and output is not stdout:
+      output.close()
   return 0
+
+
+def define_flags() -> None:
+  """Defines the command's flags (called only when run as a program, never at import)."""
+  flags.DEFINE_string("workdir", None, "Run directory written by train.py.", required=True)
+  flags.DEFINE_string("input", None, "File of source sentences; default stdin.")
+  flags.DEFINE_string("output", None, "File for the translations; default stdout.")
+  flags.DEFINE_boolean("overwrite", False, "Replace an existing --output file.")
+  flags.DEFINE_integer("beam_size", None, "Beams; default the run's decoding config.")
+  flags.DEFINE_float("length_penalty", None, "Length-penalty alpha; default the run's decoding "
+                     "config.")
+  flags.DEFINE_integer("n_best", 1, "Translations per source, best first (<= beam size).")
+  flags.DEFINE_boolean("print_scores", False, "Write each translation's score before it.")
+  flags.DEFINE_boolean("tsv", False, "Write the source, a tab, then the translation.")
+  flags.DEFINE_boolean("interactive", None, "Translate each line as it arrives; default: when "
+                       "stdin is a terminal.")
+  flags.DEFINE_integer("buffer_size", 1000, "Lines read, translated and written at a time.")
+  flags.DEFINE_integer("average_last_k", 1, "Average the last k checkpoints.")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+  flags.DEFINE_integer("batch_size", 32, "Sentences per beam-search batch.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  values = flags.FLAGS
   sys.exit(run_command(
-      _WORKDIR.value, input_path=_INPUT.value, beam_size=_BEAM_SIZE.value,
-      length_penalty=_LENGTH_PENALTY.value, average_last_k=_AVERAGE_LAST_K.value,
-      step=_STEP.value, batch_size=_BATCH_SIZE.value, stdin=sys.stdin.buffer,
-      stdout=sys.stdout, stderr=sys.stderr))
+      values.workdir, input_path=values.input, beam_size=values.beam_size,
+      length_penalty=values.length_penalty, average_last_k=values.average_last_k,
+      step=values.step, batch_size=values.batch_size, stdin=sys.stdin.buffer,
+      stdout=sys.stdout, stderr=sys.stderr, output_path=values.output,
+      overwrite=values.overwrite, n_best=values.n_best, print_scores=values.print_scores,
+      tsv=values.tsv, interactive=values.interactive, buffer_size=values.buffer_size))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -16,6 +16,7 @@ from transformer import model as model_lib
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "bench"))
 
+import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 import mfu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # D=16, N=2 (H=8), F=32, V=64, one layer per stack; batch B=2, source S=3, target T=5.
@@ -44,8 +45,8 @@ def test_forward_flops_by_hand():
   logits = _matmul_flops(bt, d, v)
   expected = encoder + decoder + logits
   assert expected == 108_672  # Written out once, so a change to either side shows.
-  assert model_lib.encoder_decoder_forward_flops(_CONFIG, _B, _S, _T) == expected
-  assert model_lib.encoder_decoder_train_flops(_CONFIG, _B, _S, _T) == 3 * expected
+  assert flops.encoder_decoder_forward_flops(_CONFIG, _B, _S, _T) == expected
+  assert flops.encoder_decoder_train_flops(_CONFIG, _B, _S, _T) == 3 * expected
 
 
 def _dot_flops(jaxpr) -> int:
@@ -79,12 +80,12 @@ def test_forward_flops_equal_the_models_matmuls():
   decoder_inputs = jnp.full((_B, _T), 6, jnp.int32)
   jaxpr = jax.make_jaxpr(lambda p, a, b: nnx.merge(graphdef, p)(a, b))(
       params, inputs, decoder_inputs)
-  assert _dot_flops(jaxpr.jaxpr) == model_lib.encoder_decoder_forward_flops(_CONFIG, _B, _S, _T)
+  assert _dot_flops(jaxpr.jaxpr) == flops.encoder_decoder_forward_flops(_CONFIG, _B, _S, _T)
 
 
 def test_flop_counter_rejects_empty_shapes():
   with pytest.raises(ValueError, match="target_length"):
-    model_lib.encoder_decoder_forward_flops(_CONFIG, 2, 3, 0)
+    flops.encoder_decoder_forward_flops(_CONFIG, 2, 3, 0)
 
 
 def test_accelerator_benchmark_smoke_mode_runs_every_path():
@@ -158,7 +159,7 @@ def test_cpu_benchmark_times_each_implementation_in_its_own_process(tmp_path):
   assert "torch" in by_impl["torch2"] and "jax" not in by_impl["torch2"]
   assert all(r["peak_rss_mib"] > 0 and 0 < r["matmul_fraction"] for r in rows)
   shape = common.CONFIGS["smoke"]
-  assert ours["flops"] == model_lib.encoder_decoder_train_flops(
+  assert ours["flops"] == flops.encoder_decoder_train_flops(
       jax_runner.model_config(shape), shape["batch"], shape["src"], shape["tgt"])
   assert "ratio (tokens/s of ours / of the other): smoke: ours" in result.stdout
   assert "x torch2; " in result.stdout and "the best peer" in result.stdout

@@ -5,6 +5,7 @@ import pytest
 from transformer import data
 from transformer.data import sources
 from transformer.data import tokenizer as tokenizer_lib
+from transformer.training import tasks
 
 
 def _write(path, content: bytes):
@@ -136,4 +137,4 @@ def test_bad_pipeline_arguments():
   with pytest.raises(ValueError, match="cannot hold 8 rows"):
     data.train_batch_shapes(config, num_data_shards=8)
   with pytest.raises(ValueError, match="Unknown task 'seq2seq'"):
-    data.make_train_iterator(config, tokenizer, task="seq2seq")
+    data.make_train_iterator(config, tokenizer, layout=tasks.get_task("seq2seq").layout)

@@ -68,7 +68,7 @@ def _epoch(config, tokenizer, process_count, num_data_shards, epoch=0):
   shapes = set(data.train_batch_shapes(config, num_data_shards=num_data_shards))
   seen = collections.Counter()
   for p in range(process_count):
-    loader = pipeline._train_batches(config, tokenizer, "translation", p, process_count,
+    loader = pipeline._train_batches(config, tokenizer, data.PAIRS, p, process_count,
                                      num_data_shards)
     it = data.make_train_iterator(config, tokenizer, process_index=p,
                                   process_count=process_count, num_data_shards=num_data_shards)
@@ -101,7 +101,7 @@ def test_second_epoch_is_reshuffled_and_complete():
   first, second = [], []
   for epoch, out in ((0, first), (1, second)):
     it = data.make_train_iterator(config, tokenizer)
-    loader = pipeline._train_batches(config, tokenizer, "translation", 0, 1, None)
+    loader = pipeline._train_batches(config, tokenizer, data.PAIRS, 0, 1, None)
     it.set_state({"next_index": epoch * loader.batches_per_epoch(0)})
     out.append(next(it)["inputs"])
   assert not np.array_equal(first[0], second[0])
@@ -217,19 +217,19 @@ def test_eval_dataset_holds_every_example_once_in_order(multi30k_config, multi30
 
 def test_language_model_batches():
   config = _synthetic_config(packing=True)
-  tokenizer = data.get_tokenizer(config, "/unused", task="lm")
-  batch = next(data.make_train_iterator(config, tokenizer, task="lm"))
+  tokenizer = data.get_tokenizer(config, "/unused", layout=data.TEXT)
+  batch = next(data.make_train_iterator(config, tokenizer, layout=data.TEXT))
   assert sorted(batch) == ["targets", "targets_position", "targets_segmentation"]
   assert batch["targets"].shape == (32, 16)
   _segments(batch, "targets")
-  ev = data.make_eval_dataset(config, tokenizer, "validation", task="lm")
+  ev = data.make_eval_dataset(config, tokenizer, "validation", layout=data.TEXT)
   assert ev.sources == ev.references and len(ev.sources) == 500
 
 
 def test_masked_lm_batches():
   config = _synthetic_config(synthetic_length=15, max_len=16)
-  tokenizer = data.get_tokenizer(config, "/unused", task="mlm")
-  batch = next(data.make_train_iterator(config, tokenizer, task="mlm"))
+  tokenizer = data.get_tokenizer(config, "/unused", layout=data.MASKED_TEXT)
+  batch = next(data.make_train_iterator(config, tokenizer, layout=data.MASKED_TEXT))
   assert sorted(batch) == ["inputs", "inputs_position", "inputs_segmentation", "targets",
                            "weights"]
   assert batch["weights"].dtype == np.float32
@@ -240,8 +240,8 @@ def test_masked_lm_batches():
   assert np.all(np.sum(batch["weights"], axis=1)[real.any(axis=1)] >= 1)
   assert 0.1 < batch["weights"].sum() / ordinary.sum() < 0.2
   # The same example is corrupted the same way on every evaluation.
-  a = data.make_eval_dataset(config, tokenizer, "test", task="mlm").batches[0]
-  b = data.make_eval_dataset(config, tokenizer, "test", task="mlm").batches[0]
+  a = data.make_eval_dataset(config, tokenizer, "test", layout=data.MASKED_TEXT).batches[0]
+  b = data.make_eval_dataset(config, tokenizer, "test", layout=data.MASKED_TEXT).batches[0]
   assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -251,13 +251,13 @@ def test_overlong_examples_are_dropped_or_truncated_and_counted(tmp_path, caplog
   tokenizer = tokenizer_lib.SyntheticTokenizer(10)
   config = data.DataConfig(dataset=f"tsv:{path}", max_len=8, tokens_per_batch=64)
   with caplog.at_level("INFO"):
-    _, _, kept, stats = pipeline._prepare(config, tokenizer, "train", "translation",
+    _, _, kept, stats = pipeline._prepare(config, tokenizer, "train", data.PAIRS,
                                           training=True)
   assert (stats.num_examples, stats.num_kept, stats.num_too_long) == (3, 2, 1)
   assert kept.tolist() == [True, False, True]
   assert "1 longer than max_len=8 (dropped)" in caplog.text
   config = data.DataConfig(**{**config.__dict__, "overlong": "truncate"})
-  _, _, kept, stats = pipeline._prepare(config, tokenizer, "train", "translation", training=True)
+  _, _, kept, stats = pipeline._prepare(config, tokenizer, "train", data.PAIRS, training=True)
   assert stats.num_kept == 3 and stats.truncated
   seen = [e for _ in range(1) for e in _translation_examples(next(
     data.make_train_iterator(config, tokenizer)))]

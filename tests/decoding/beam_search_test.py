@@ -130,3 +130,25 @@ def test_length_penalty_and_argument_checks():
     _search(_table(1, 2, 4, 0), beam_size=0, alpha=0.6, length=2)
   with pytest.raises(ValueError, match="alpha"):
     _search(_table(1, 2, 4, 0), beam_size=2, alpha=-1.0, length=2)
+
+
+def test_heuristic_early_stopping_keeps_hypotheses_sorted_and_agrees_on_a_toy_model():
+  table = _table(6, 8, 7, seed=11)
+
+  def search(early_stopping):
+    run = jax.jit(lambda c: decoding.beam_search(
+        _markov_step(table), c, batch_size=6, beam_size=3, max_decode_len=8, bos_id=BOS,
+        eos_id=EOS, alpha=0.6, pad_id=PAD, early_stopping=early_stopping))
+    sequences, scores = run(_cache(6))
+    return np.asarray(sequences), np.asarray(scores)
+
+  exact_seqs, exact_scores = search("exact")
+  heuristic_seqs, heuristic_scores = search("heuristic")
+  assert np.all(np.diff(heuristic_scores, axis=1) <= 1e-6)  # Best first.
+  # Stopping earlier can only lose hypotheses: its best is at most the exact best (and on this
+  # toy model they agree).
+  assert np.all(heuristic_scores[:, 0] <= exact_scores[:, 0] + 1e-6)
+  np.testing.assert_array_equal(heuristic_seqs[:, 0], exact_seqs[:, 0])
+  with pytest.raises(ValueError, match="early_stopping must be one of"):
+    decoding.beam_search(_markov_step(table), _cache(6), batch_size=6, beam_size=3,
+                         max_decode_len=8, bos_id=BOS, eos_id=EOS, early_stopping="never")

@@ -14,6 +14,7 @@ from transformer import checkpointing
 from transformer import distributed
 from transformer import sharding
 from transformer.training import loop
+from transformer.training import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SLURM_4_TASKS = {"SLURM_JOB_ID": "123", "SLURM_STEP_NODELIST": "node[001-004]",
@@ -124,7 +125,7 @@ def test_iterator_state_continues_in_another_number_of_processes(tmp_path):
 
 
 def test_a_url_workdir_is_refused():
-  with pytest.raises(loop.TrainingError, match="filesystem that every host mounts"):
+  with pytest.raises(errors.TrainingError, match="filesystem that every host mounts"):
     loop.train_and_evaluate(_copy_config(), "gs://bucket/run")
 
 

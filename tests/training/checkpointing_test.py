@@ -11,6 +11,7 @@ import pytest
 import training_helpers
 from transformer import checkpointing
 from transformer import sharding
+from transformer.training import resume
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,8 @@ def test_config_differences_name_structural_fields_only():
   same_shape = {"model": {"d_model": 512, "dropout_rate": 0.3}, "training": {
       "task": "translation", "num_train_steps": 99}, "data": {"vocab_size": 8000},
       "optimizer": {"name": "adam"}}
-  assert checkpointing.config_differences(saved, same_shape) == []
+  assert resume.config_differences(saved, same_shape) == []
   other = dict(same_shape, model={"d_model": 256, "dropout_rate": 0.1})
-  assert checkpointing.config_differences(saved, other) == ["model.d_model: 512 -> 256"]
-  with pytest.raises(checkpointing.IncompatibleCheckpointError, match="model.d_model"):
-    checkpointing.check_compatible(saved, other, "/tmp/run")
+  assert resume.config_differences(saved, other) == ["model.d_model: 512 -> 256"]
+  with pytest.raises(resume.IncompatibleCheckpointError, match="model.d_model"):
+    resume.check_compatible(saved, other, "/tmp/run")

@@ -15,6 +15,8 @@ import training_helpers
 from transformer import checkpointing
 from transformer import metrics
 from transformer.training import loop
+from transformer.training import errors
+from transformer.training import run_config
 
 
 def test_copy_task_reaches_99_percent_token_accuracy_within_a_minute(tmp_path):
@@ -37,7 +39,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = training_helpers.tiny_copy_config(num_train_steps=20)
   config.optimizer.learning_rate = 1e30  # Diverges within a few steps.
   config.training.checkpoint_every_steps = 1
-  with pytest.raises(loop.NonFiniteLossError, match="training loss became nan") as info:
+  with pytest.raises(errors.NonFiniteLossError, match="training loss became nan") as info:
     loop.train_and_evaluate(config, str(tmp_path))
   steps = checkpointing.steps_of(os.path.join(tmp_path, "checkpoints"))
   message = str(info.value)
@@ -66,7 +68,7 @@ def test_outputs_are_written_and_an_incompatible_config_is_refused(tmp_path):
   before = sorted(os.listdir(tmp_path / "checkpoints"))
   config_json = (tmp_path / "config.json").read_text()
   config.model.d_model = 64
-  with pytest.raises(loop.TrainingError, match=r"(?s)refusing.*model\.d_model: 32 -> 64"):
+  with pytest.raises(errors.TrainingError, match=r"(?s)refusing.*model\.d_model: 32 -> 64"):
     loop.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
   assert (tmp_path / "config.json").read_text() == config_json
@@ -123,30 +125,30 @@ def test_early_stopping_stops_after_patience_evaluations_and_stays_stopped(tmp_p
 def test_unknown_config_fields_list_the_valid_ones():
   config = training_helpers.tiny_copy_config().to_dict()
   config["training"]["num_step"] = 3
-  with pytest.raises(loop.TrainingError, match=r"training\.num_step \(did you mean "
+  with pytest.raises(errors.TrainingError, match=r"training\.num_step \(did you mean "
                      r"training\.num_train_steps\?\).*Valid fields of config\.training: .*seed"):
-    loop.parse_config(config)
+    run_config.parse_config(config)
   config = training_helpers.tiny_copy_config().to_dict()
   config["model"]["d_modle"] = 3
-  with pytest.raises(loop.TrainingError, match="Valid fields of config.model: .*d_model"):
-    loop.parse_config(config)
+  with pytest.raises(errors.TrainingError, match="Valid fields of config.model: .*d_model"):
+    run_config.parse_config(config)
   config = training_helpers.tiny_copy_config().to_dict()
   config["model"]["max_len"] = 8
-  with pytest.raises(loop.TrainingError, match="model.max_len=8 is smaller than data.max_len"):
-    loop.parse_config(config)
+  with pytest.raises(errors.TrainingError, match="model.max_len=8 is smaller than data.max_len"):
+    run_config.parse_config(config)
   config = training_helpers.tiny_copy_config().to_dict()
   config["training"]["average_last_k"] = 4
   config["training"]["max_checkpoints_to_keep"] = 3
-  with pytest.raises(loop.TrainingError,
+  with pytest.raises(errors.TrainingError,
                      match=r"average_last_k=4 .* training\.max_checkpoints_to_keep=3 keeps fewer"):
-    loop.parse_config(config)
+    run_config.parse_config(config)
 
 
 @pytest.mark.parametrize("name", sorted(
     f[:-3] for f in os.listdir(os.path.join(training_helpers.REPO_ROOT, "configs"))
     if f.endswith(".py") and f != "__init__.py"))
 def test_every_shipped_config_is_valid(name):
-  run = loop.parse_config(training_helpers.load_config(name))
+  run = run_config.parse_config(training_helpers.load_config(name))
   # The schedule warms up within the run, and the last step is a regular checkpoint (one of
   # the averaged ones).
   assert run.optimizer.warmup_steps < run.training.num_train_steps

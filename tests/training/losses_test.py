@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loss_helpers
 from transformer.training import losses
 
 
@@ -29,7 +30,7 @@ def test_label_smoothed_loss_equals_hand_computation():
     q = np.full(4, low)
     q[target] = confidence
     expected += -(q * logp).sum() - entropy
-  loss_sum, weight_sum = losses.compute_weighted_cross_entropy(logits, targets, weights, eps)
+  loss_sum, weight_sum = loss_helpers.compute_weighted_cross_entropy(logits, targets, weights, eps)
   np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-5)
   assert float(weight_sum) == 2.0
   # Written out: entropy(q) = -(0.9 ln 0.9 + 0.1 ln(0.1/3)) = 0.43494.
@@ -43,10 +44,10 @@ def test_without_smoothing_is_negative_log_likelihood_and_weights_mask_padding()
   logits = jnp.array([[[1.0, 2.0, 3.0], [3.0, 0.0, 0.0]]])
   targets = jnp.array([[2, 1]])
   weights = jnp.array([[1.0, 0.0]])  # Second position is padding.
-  loss_sum, weight_sum = losses.compute_weighted_cross_entropy(logits, targets, weights, 0.0)
+  loss_sum, weight_sum = loss_helpers.compute_weighted_cross_entropy(logits, targets, weights, 0.0)
   expected = -_log_softmax([1.0, 2.0, 3.0])[2]
   np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-6)
-  np.testing.assert_allclose(float(losses.compute_weighted_nll(logits, targets, weights)),
+  np.testing.assert_allclose(float(loss_helpers.compute_weighted_nll(logits, targets, weights)),
                              expected, rtol=1e-6)
   assert float(weight_sum) == 1.0
 
@@ -56,8 +57,8 @@ def test_perfect_smoothed_prediction_has_zero_loss():
   q = np.full(vocab, eps / (vocab - 1))
   q[2] = 1 - eps
   logits = jnp.log(jnp.asarray(q))[None, None]
-  loss_sum, _ = losses.compute_weighted_cross_entropy(logits, jnp.array([[2]]),
-                                                      jnp.ones((1, 1)), eps)
+  loss_sum, _ = loss_helpers.compute_weighted_cross_entropy(logits, jnp.array([[2]]),
+                                                            jnp.ones((1, 1)), eps)
   np.testing.assert_allclose(float(loss_sum), 0.0, atol=1e-6)
 
 
@@ -65,13 +66,13 @@ def test_accuracy_counts_weighted_argmax_hits():
   logits = jnp.array([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
   targets = jnp.array([[1, 1, 0]])
   weights = jnp.array([[1.0, 1.0, 0.0]])
-  assert float(losses.compute_weighted_accuracy(logits, targets, weights)) == 1.0
+  assert float(loss_helpers.compute_weighted_accuracy(logits, targets, weights)) == 1.0
 
 
 def test_shape_mismatch_is_an_error():
   with pytest.raises(ValueError, match="vocab axis"):
-    losses.compute_weighted_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32),
-                                          jnp.ones((2, 3)))
+    loss_helpers.compute_weighted_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32),
+                                                jnp.ones((2, 3)))
 
 
 def _straightforward_loss(logits, targets, weights, eps):
@@ -91,7 +92,7 @@ def test_reduction_form_matches_dense_formula_in_value_and_gradient(eps):
   logits = 4.0 * jax.random.normal(key_logits, (3, 5, 37)) + jnp.arange(5.0)[None, :, None] * 30
   targets = jax.random.randint(key_targets, (3, 5), 0, 37)
   weights = (jax.random.uniform(key_weights, (3, 5)) < 0.7).astype(jnp.float32)
-  ours = lambda z: losses.compute_weighted_cross_entropy(z, targets, weights, eps)[0]
+  ours = lambda z: loss_helpers.compute_weighted_cross_entropy(z, targets, weights, eps)[0]
   dense = lambda z: _straightforward_loss(z, targets, weights, eps)
   np.testing.assert_allclose(float(ours(logits)), float(dense(logits)), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(jax.grad(ours)(logits)),

@@ -6,7 +6,6 @@ steps 5, 10 and 15; eval/loss never improves (learning rate 1e-30), so with pati
 run stops early at step 20.
 """
 
-import errno
 import io
 import json
 import os
@@ -16,8 +15,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
 import training_helpers
 from transformer import checkpointing
@@ -26,6 +23,8 @@ from transformer import metrics
 from transformer import translate
 from transformer.training import inference
 from transformer.training import loop
+from transformer.training import errors
+from transformer.training import resume
 
 
 def _config(num_train_steps: int = 15):
@@ -70,16 +69,20 @@ def _lines(path: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
-def _flip_array_bytes(workdir: str, step: int) -> None:
-  """Inverts 64 bytes in the middle of the largest array-data file of a checkpoint."""
+def _flip_array_bytes(workdir: str, step: int, every_file: bool = False) -> None:
+  """Inverts 64 bytes in the middle of the largest array-data file of a checkpoint (or of every
+  array-data file, those over 16 KiB: the largest may hold optimizer state only, which
+  inference does not read; the small files are the index, whose corruption is a read error)."""
   data_dir = os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.process_0", "d")
-  path = max((os.path.join(data_dir, n) for n in os.listdir(data_dir)), key=os.path.getsize)
-  with open(path, "rb+") as f:
-    data = bytearray(f.read())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
-    f.seek(0)
-    f.write(data)
+  paths = [os.path.join(data_dir, n) for n in os.listdir(data_dir)]
+  data_files = [p for p in paths if os.path.getsize(p) > 16 * 1024]
+  for path in data_files if every_file else [max(paths, key=os.path.getsize)]:
+    with open(path, "rb+") as f:
+      data = bytearray(f.read())
+      middle = len(data) // 2
+      data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+      f.seek(0)
+      f.write(data)
 
 
 def test_rerun_with_changed_optimizer_restores_and_records_the_change(run_copy, caplog):
@@ -109,7 +112,7 @@ def test_a_changed_number_of_data_workers_continues_at_the_same_batch(finished_r
   checkpointer = checkpointing.Checkpointer(os.path.join(finished_run, "checkpoints"),
                                             max_to_keep=3, read_only=True)
   with caplog.at_level("WARNING"):
-    _, step = checkpointer.restore(run.setup.abstract_state_with_shardings(),
+    _, step = checkpointer.restore(run.setup.abstract_inference_state_with_shardings(),
                                    data_iterator=iterator)
   checkpointer.close()
   # Saved by an iterator without workers (another state layout), continued with one worker.
@@ -123,7 +126,7 @@ def test_a_rerun_that_cannot_restore_leaves_config_json_alone(run_copy):
   before = _snapshot(run_copy)
   config = _config()
   config.optimizer.learning_rate = 2e-30
-  with pytest.raises(loop.TrainingError, match="no checkpoint in .* can be restored"):
+  with pytest.raises(errors.TrainingError, match="no checkpoint in .* can be restored"):
     loop.train_and_evaluate(config, run_copy)
   assert _snapshot(run_copy) == before
 
@@ -153,7 +156,7 @@ def test_a_full_disk_names_the_file_leaves_no_torn_line_and_the_checkpoint_resum
     return real_write(fd, data)
 
   monkeypatch.setattr(os, "write", write_half_then_fail)
-  with pytest.raises(loop.TrainingError) as info:
+  with pytest.raises(errors.TrainingError) as info:
     loop.train_and_evaluate(_config(num_train_steps=20), run_copy)
   message = str(info.value)
   assert f"could not write {run_copy}/metrics.jsonl (the disk is full)" in message
@@ -179,14 +182,14 @@ def test_replayed_steps_are_superseded_and_early_stopping_counts_each_evaluation
   superseded = _lines(os.path.join(workdir, "metrics.jsonl.superseded"))
   assert sorted({r["step"] for r in superseded}) == [10, 15]
   # What early stopping counts on the next resume: 2 evaluations without improvement, not 4.
-  best, evaluations_since = loop._best_so_far(os.path.join(workdir, "metrics.jsonl"),
+  best, evaluations_since = resume.best_so_far(os.path.join(workdir, "metrics.jsonl"),
                                               "eval/loss", up_to_step=15)
   assert best[1] == 5 and evaluations_since == 2
 
 
 def test_flipped_bytes_a_missing_iterator_state_or_nan_make_a_checkpoint_corrupt(
     run_copy, tmp_path, caplog):
-  _flip_array_bytes(run_copy, 15)
+  _flip_array_bytes(run_copy, 15, every_file=True)
   before = _snapshot(run_copy)
   with caplog.at_level("WARNING"):
     run = inference.load_run(run_copy)
@@ -200,7 +203,7 @@ def test_flipped_bytes_a_missing_iterator_state_or_nan_make_a_checkpoint_corrupt
   checkpointer = checkpointing.Checkpointer(os.path.join(run_copy, "checkpoints"),
                                             max_to_keep=3, read_only=True)
   iterator = data_lib.make_train_iterator(run.config.data, run.tokenizer, num_data_shards=1)
-  abstract = run.setup.abstract_state_with_shardings()
+  abstract = run.setup.abstract_inference_state_with_shardings()
   with caplog.at_level("WARNING"):
     assert checkpointer.restore(abstract, data_iterator=iterator)[1] == 5
   assert ("step 10 cannot be restored (CorruptCheckpointError: "
@@ -226,7 +229,7 @@ def test_bad_config_values_are_refused_before_anything_is_written(tmp_path, sect
                                                                   value, message):
   config = _config()
   config[section][field] = value
-  with pytest.raises(loop.TrainingError, match=message) as info:
+  with pytest.raises(errors.TrainingError, match=message) as info:
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
   assert type(info.value).__name__ == "UsageError"  # train.py exits with status 2.
@@ -235,14 +238,14 @@ def test_bad_config_values_are_refused_before_anything_is_written(tmp_path, sect
 def test_unusable_workdirs_are_refused_and_left_alone(tmp_path, monkeypatch):
   a_file = tmp_path / "notes.txt"
   a_file.write_text("mine")
-  with pytest.raises(loop.TrainingError, match="is a file, not a directory"):
+  with pytest.raises(errors.TrainingError, match="is a file, not a directory"):
     loop.train_and_evaluate(_config(), str(a_file))
   assert a_file.read_text() == "mine"
   for name, text in (("config.json", '{"learning_rate": 1}'), ("summary.json", "{}")):
     users = tmp_path / f"users_{name}"
     users.mkdir()
     (users / name).write_text(text)
-    with pytest.raises(loop.TrainingError,
+    with pytest.raises(errors.TrainingError,
                        match=f"not empty and holds no train.py run .*{name}"):
       loop.train_and_evaluate(_config(), str(users))
     assert os.listdir(users) == [name] and (users / name).read_text() == text
@@ -253,7 +256,7 @@ def test_unusable_workdirs_are_refused_and_left_alone(tmp_path, monkeypatch):
   real_access = os.access
   monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).startswith(
       str(read_only)) else real_access(path, mode))
-  with pytest.raises(loop.TrainingError, match="cannot be written"):
+  with pytest.raises(errors.TrainingError, match="cannot be written"):
     loop.train_and_evaluate(_config(), str(read_only / "run"))
   assert os.listdir(read_only) == []
 
@@ -261,25 +264,21 @@ def test_unusable_workdirs_are_refused_and_left_alone(tmp_path, monkeypatch):
 def test_a_failed_data_check_writes_nothing(tmp_path):
   config = _config()
   config.data.dataset = f"tsv:{tmp_path}/missing_{{split}}.tsv"
-  with pytest.raises(loop.TrainingError, match="missing_train.tsv"):
+  with pytest.raises(errors.TrainingError, match="missing_train.tsv"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
 
 
 def _translate(capsys, monkeypatch, workdir, stdin=b"1 2 3\n", **flag_values):
-  """(exit status, stdout, stderr) of `python -m transformer.translate`, run in this process."""
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-  monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-  capsys.readouterr()
-  status = 0
-  with flagsaver.flagsaver(workdir=workdir, **flag_values):
-    try:
-      translate.main(["translate"])
-    except SystemExit as e:
-      status = e.code
-  out, err = capsys.readouterr()
-  return status, out, err
+  """(exit status, stdout, stderr) of `python -m transformer.translate`, run in this process
+  (through the command's function: the flags of other tests' modules share this process)."""
+  del capsys, monkeypatch
+  out, err = io.StringIO(), io.StringIO()
+  values = dict(input_path=None, beam_size=None, length_penalty=None, average_last_k=1,
+                step=None, batch_size=32) | flag_values
+  status = translate.run_command(workdir, **values, stdin=io.BytesIO(stdin), stdout=out,
+                                 stderr=err)
+  return status, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("flag_values, stdin, message", [
@@ -305,7 +304,7 @@ def test_translate_reports_unusable_workdirs_in_one_line_and_writes_nothing(
   assert status == 1 and "holds no checkpoint yet" in err and err.count("\n") == 1
   assert os.listdir(no_checkpoints) == ["config.json"]
   for step in (5, 10, 15):
-    _flip_array_bytes(run_copy, step)
+    _flip_array_bytes(run_copy, step, every_file=True)
   before = _snapshot(run_copy)
   status, out, err = _translate(capsys, monkeypatch, run_copy)
   assert (status, out) == (1, "")

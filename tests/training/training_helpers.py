@@ -10,6 +10,7 @@ from transformer import model as model_lib
 from transformer import sharding
 from transformer.training import builder
 from transformer.training import optimizers
+from transformer.training import tasks
 
 
 def make_setup(mesh_config: sharding.MeshConfig, devices=None, *, task="translation",
@@ -21,7 +22,7 @@ def make_setup(mesh_config: sharding.MeshConfig, devices=None, *, task="translat
       **({"num_encoder_layers": 1, "num_decoder_layers": 1} | model_overrides),
   )
   return builder.make_train_setup(
-      task=task, model_config=model_config,
+      task=tasks.get_task(task), model_config=model_config,
       optimizer_config=optimizers.OptimizerConfig(warmup_steps=10, eps=eps,
                                                   grad_accum_steps=grad_accum_steps),
       num_train_steps=100, label_smoothing=0.1, seed=0,

@@ -2,7 +2,7 @@
 
 Entry points (all take a `DataConfig`, whose fields are the keys of `config.data`):
 
-  tokenizer = data.get_tokenizer(data_config, workdir, task="translation")
+  tokenizer = data.get_tokenizer(data_config, workdir, layout=data.PAIRS)
       Trained once on the training split (one SentencePiece vocabulary shared by source and
       target), stored as `{workdir}/sentencepiece.model`, reused on resume and by translation.
       Synthetic tasks get a `SyntheticTokenizer` with the same interface: `encode(text)`,
@@ -10,7 +10,7 @@ Entry points (all take a `DataConfig`, whose fields are the keys of `config.data
       `mask_id`. Special ids are module constants of `transformer.data.tokenizer`:
       PAD_ID = 0, UNK_ID = 1, BOS_ID = 2, EOS_ID = 3, MASK_ID = 4.
 
-  it = data.make_train_iterator(data_config, tokenizer, task="translation", process_index=0,
+  it = data.make_train_iterator(data_config, tokenizer, layout=data.PAIRS, process_index=0,
                                 process_count=1, num_data_shards=None, cache_dir=None)
       Endless grain `DatasetIterator` of this process's batches; `it.get_state()` returns a
       JSON-serializable dict and `it.set_state(state)` on a freshly made iterator (same config,
@@ -25,19 +25,20 @@ Entry points (all take a `DataConfig`, whose fields are the keys of `config.data
       The few global (rows B, length L) training shapes: length buckets with B * L <=
       tokens_per_batch, or one packed shape. B is a multiple of num_data_shards.
 
-  ev = data.make_eval_dataset(data_config, tokenizer, "validation", task="translation",
+  ev = data.make_eval_dataset(data_config, tokenizer, "validation", layout=data.PAIRS,
                               process_index=0, process_count=1, num_data_shards=None)
       `EvalDataset(batches, indices, sources, references, stats)`: every example once, in order,
       in batches of one shape (eval_batch_size rounded up to num_data_shards, max_len); padding
       rows have segmentation 0 and index -1; sources / references are the raw strings for BLEU.
 
-Tasks and batch keys (int32 numpy arrays of shape (B / process_count, L)):
-  "translation" (EncoderDecoder): inputs, inputs_position, inputs_segmentation, targets,
+Layouts (`BatchLayout`, in `layouts.py`; a model family's Task names the one it reads) and their
+batch keys (int32 numpy arrays of shape (B / process_count, L)):
+  PAIRS (translation, EncoderDecoder): inputs, inputs_position, inputs_segmentation, targets,
       targets_position, targets_segmentation. inputs = source ids + EOS, targets = target ids +
       EOS (no BOS: the decoder input is `shift_right(targets)`).
-  "lm" (DecoderOnly): targets, targets_position, targets_segmentation (source side or the single
+  TEXT (lm, DecoderOnly): targets, targets_position, targets_segmentation (source side or the single
       file of a `text:` dataset).
-  "mlm" (EncoderOnly): inputs (corrupted), inputs_position, inputs_segmentation, targets
+  MASKED_TEXT (mlm, EncoderOnly): inputs (corrupted), inputs_position, inputs_segmentation, targets
       (original), weights (float32, 1.0 at the positions to predict).
 Segmentation is 0 on padding and k for the k-th example of a packed row (1 without packing);
 positions restart at 0 for each example.
@@ -49,6 +50,11 @@ the files of each split), "synthetic/copy", "synthetic/reverse", "synthetic/sort
 """
 
 from transformer.data.config import DataConfig
+from transformer.data.layouts import MASKED_TEXT
+from transformer.data.layouts import PAIRS
+from transformer.data.layouts import TEXT
+from transformer.data.layouts import BatchLayout
+from transformer.data.pipeline import TOKENIZER_FILE
 from transformer.data.pipeline import EvalDataset
 from transformer.data.pipeline import ExampleStats
 from transformer.data.pipeline import get_tokenizer
@@ -60,11 +66,16 @@ from transformer.data.tokenizer import SyntheticTokenizer
 from transformer.data.tokenizer import Tokenizer
 
 __all__ = [
+  "BatchLayout",
   "DataConfig",
+  "MASKED_TEXT",
+  "PAIRS",
+  "TEXT",
   "EvalDataset",
   "ExampleStats",
   "SentencePieceTokenizer",
   "SyntheticTokenizer",
+  "TOKENIZER_FILE",
   "Tokenizer",
   "get_tokenizer",
   "make_eval_dataset",

@@ -19,11 +19,11 @@ import numpy as np
 
 from transformer.data import batching
 from transformer.data import config as config_lib
+from transformer.data import layouts
 from transformer.data import masking
 from transformer.data import sources
 from transformer.data import tokenizer as tokenizer_lib
 
-TASKS = ("translation", "lm", "mlm")
 TOKENIZER_FILE = "sentencepiece.model"
 # Examples tokenized per call when measuring lengths or training the tokenizer.
 _CHUNK = 8192
@@ -63,13 +63,14 @@ class EvalDataset:
   stats: ExampleStats
 
 
-def _check_task(task: str) -> None:
-  if task not in TASKS:
-    raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
+def _check_layout(layout: layouts.BatchLayout) -> None:
+  if not isinstance(layout, layouts.BatchLayout):
+    raise ValueError(f"layout must be a transformer.data.BatchLayout (e.g. the `layout` of a "
+                     f"transformer.training.tasks Task), got {layout!r}.")
 
 
 def get_tokenizer(config: config_lib.DataConfig, workdir: str | os.PathLike, *,
-                  task: str = "translation") -> tokenizer_lib.Tokenizer:
+                  layout: layouts.BatchLayout = layouts.PAIRS) -> tokenizer_lib.Tokenizer:
   """The tokenizer of a run: loaded from `workdir`, or trained on the training split and stored.
 
   Synthetic tasks get a `SyntheticTokenizer` (nothing stored). Otherwise one SentencePiece model
@@ -81,12 +82,12 @@ def get_tokenizer(config: config_lib.DataConfig, workdir: str | os.PathLike, *,
   Args:
     config: the data config.
     workdir: the run's directory.
-    task: "translation", "lm" or "mlm" (lm / mlm train on the source side only).
+    layout: the batch layout (monolingual layouts train on the source side only).
 
   Returns:
     The tokenizer; its `vocab_size` is the model's V.
   """
-  _check_task(task)
+  _check_layout(layout)
   if config.dataset.startswith("synthetic/"):
     return tokenizer_lib.SyntheticTokenizer(config.synthetic_vocab)
   marian_dir = os.path.join(workdir, tokenizer_lib.MARIAN_DIR)
@@ -103,7 +104,7 @@ def get_tokenizer(config: config_lib.DataConfig, workdir: str | os.PathLike, *,
       raise ValueError(f"{path} has vocab_size={tokenizer.vocab_size} but the config asks for "
                        f"{config.vocab_size}; use a new workdir or the stored size.")
     return tokenizer
-  examples = sources.load_examples(config, "train", monolingual=task != "translation")
+  examples = sources.load_examples(config, "train", monolingual=layout.monolingual)
 
   def texts() -> Iterator[str]:
     for start in range(0, len(examples), _CHUNK):
@@ -124,7 +125,7 @@ def _encode(tokenizer: tokenizer_lib.Tokenizer, examples: list[tuple[str, ...]],
             max_len: int) -> list[tuple[np.ndarray, ...]]:
   """Ids of each side + EOS, truncated to max_len (EOS kept last)."""
   sides = [_encode_side(tokenizer, [e[s] for e in examples], s) for s in range(len(examples[0]))]
-  return [tuple(np.array(ids[:max_len - 1] + [tokenizer_lib.EOS_ID], np.int32) for ids in ex)
+  return [tuple(np.array(ids[:max_len - 1] + [tokenizer.eos_id], np.int32) for ids in ex)
           for ex in zip(*sides)]
 
 
@@ -168,21 +169,6 @@ def _mlm_sides(example: tuple[np.ndarray, ...], rng: np.random.Generator,
   return example[0], corrupted, weights.astype(np.int32)
 
 
-def _to_batch(task: str, tokens: np.ndarray, positions: np.ndarray,
-              segmentation: np.ndarray) -> dict[str, np.ndarray]:
-  """Names the assembled (sides, B, L) arrays with the batch keys of `task`."""
-  if task == "translation":
-    return {"inputs": tokens[0], "inputs_position": positions[0],
-            "inputs_segmentation": segmentation[0], "targets": tokens[1],
-            "targets_position": positions[1], "targets_segmentation": segmentation[1]}
-  if task == "lm":
-    return {"targets": tokens[0], "targets_position": positions[0],
-            "targets_segmentation": segmentation[0]}
-  return {"inputs": tokens[1], "inputs_position": positions[1],
-          "inputs_segmentation": segmentation[1], "targets": tokens[0],
-          "weights": tokens[2].astype(np.float32)}
-
-
 def _num_shards(num_data_shards: int | None, process_index: int, process_count: int) -> int:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
@@ -210,10 +196,10 @@ class _TrainBatches:
   Picklable (grain worker processes get a copy); plans are recomputed from the seed.
   """
 
-  def __init__(self, config, task, examples, tokenizer, lengths, kept, shapes, process_index,
+  def __init__(self, config, layout, examples, tokenizer, lengths, kept, shapes, process_index,
                process_count):
     self._config = config
-    self._task = task
+    self._layout = layout
     self._examples = examples
     self._tokenizer = tokenizer
     self._lengths = lengths
@@ -278,20 +264,20 @@ class _TrainBatches:
     ids, row_sizes = batch.rows_slice(start, start + local_rows)
     examples = _encode(self._tokenizer, self._examples.get(ids), self._config.max_len) if len(
       ids) else []
-    if self._task == "mlm":
+    if self._layout.masked:
       examples = [
         _mlm_sides(e, np.random.default_rng([self._config.seed, epoch, int(i)]), self._config,
                    self._tokenizer.vocab_size) for e, i in zip(examples, ids)]
     offsets = np.concatenate([[0], np.cumsum(row_sizes)])
     grouped = [examples[offsets[r]:offsets[r + 1]] for r in range(local_rows)]
-    num_sides = {"translation": 2, "lm": 1, "mlm": 3}[self._task]
-    return _to_batch(self._task, *batching.assemble(grouped, local_rows, length, num_sides))
+    return self._layout.name_arrays(
+        *batching.assemble(grouped, local_rows, length, self._layout.num_sides))
 
 
-def _prepare(config, tokenizer, split, task, *, training, cache_dir=None):
+def _prepare(config, tokenizer, split, layout, *, training, cache_dir=None):
   """Examples of a split, their lengths, which are kept, and statistics."""
-  examples = sources.load_examples(config, split, monolingual=task != "translation")
-  key = (config.dataset, config.source_lang, config.target_lang, split, task)
+  examples = sources.load_examples(config, split, monolingual=layout.monolingual)
+  key = (config.dataset, config.source_lang, config.target_lang, split, layout.monolingual)
   lengths = _cached_lengths(examples, tokenizer, cache_dir, key)
   too_long = np.any(lengths > config.max_len, axis=1)
   truncate = config.overlong == "truncate" or not training
@@ -310,19 +296,20 @@ def _prepare(config, tokenizer, split, task, *, training, cache_dir=None):
   return examples, np.minimum(lengths, config.max_len), kept, stats
 
 
-def _train_batches(config, tokenizer, task, process_index, process_count, num_data_shards,
+def _train_batches(config, tokenizer, layout, process_index, process_count, num_data_shards,
                    cache_dir=None) -> _TrainBatches:
-  _check_task(task)
+  _check_layout(layout)
   shards = _num_shards(num_data_shards, process_index, process_count)
   shapes = train_batch_shapes(config, num_data_shards=shards)
-  examples, lengths, kept, _ = _prepare(config, tokenizer, "train", task, training=True,
+  examples, lengths, kept, _ = _prepare(config, tokenizer, "train", layout, training=True,
                                         cache_dir=cache_dir)
-  return _TrainBatches(config, task, examples, tokenizer, lengths, kept, shapes, process_index,
+  return _TrainBatches(config, layout, examples, tokenizer, lengths, kept, shapes, process_index,
                        process_count)
 
 
 def make_train_iterator(config: config_lib.DataConfig, tokenizer: tokenizer_lib.Tokenizer, *,
-                        task: str = "translation", process_index: int = 0, process_count: int = 1,
+                        layout: layouts.BatchLayout = layouts.PAIRS, process_index: int = 0,
+                        process_count: int = 1,
                         num_data_shards: int | None = None,
                         cache_dir: str | os.PathLike | None = None) -> grain.DatasetIterator:
   """The endless, checkpointable iterator of this process's training batches.
@@ -334,7 +321,7 @@ def make_train_iterator(config: config_lib.DataConfig, tokenizer: tokenizer_lib.
   Args:
     config: the data config.
     tokenizer: from `get_tokenizer`.
-    task: "translation", "lm" (DecoderOnly) or "mlm" (EncoderOnly).
+    layout: which sides make which batch keys (a Task's `layout`; default parallel pairs).
     process_index: this process (jax.process_index()).
     process_count: number of processes (jax.process_count()).
     num_data_shards: global batch rows are a multiple of this (data-parallel devices); default
@@ -347,7 +334,7 @@ def make_train_iterator(config: config_lib.DataConfig, tokenizer: tokenizer_lib.
     A grain iterator of dicts of int32 (B/process_count, L) arrays (float32 `weights`), with
     `get_state()` / `set_state(state)` (JSON-serializable) for exact resumption.
   """
-  load = _train_batches(config, tokenizer, task, process_index, process_count, num_data_shards,
+  load = _train_batches(config, tokenizer, layout, process_index, process_count, num_data_shards,
                         cache_dir)
   logging.info("Training batches: %d in epoch 0, global shapes (rows, length) %s.",
                load.batches_per_epoch(0), load.shapes)
@@ -363,7 +350,8 @@ def make_train_iterator(config: config_lib.DataConfig, tokenizer: tokenizer_lib.
 
 
 def make_eval_dataset(config: config_lib.DataConfig, tokenizer: tokenizer_lib.Tokenizer,
-                      split: str, *, task: str = "translation", process_index: int = 0,
+                      split: str, *, layout: layouts.BatchLayout = layouts.PAIRS,
+                      process_index: int = 0,
                       process_count: int = 1, num_data_shards: int | None = None) -> EvalDataset:
   """Every example of `split`, in order, in batches of one shape (eval_batch_size, max_len).
 
@@ -375,7 +363,7 @@ def make_eval_dataset(config: config_lib.DataConfig, tokenizer: tokenizer_lib.To
     config: the data config.
     tokenizer: from `get_tokenizer`.
     split: "validation" or "test" (or "train").
-    task: "translation", "lm" or "mlm".
+    layout: which sides make which batch keys (default parallel pairs).
     process_index: this process.
     process_count: number of processes.
     num_data_shards: the global batch size is rounded up to a multiple of this.
@@ -383,23 +371,23 @@ def make_eval_dataset(config: config_lib.DataConfig, tokenizer: tokenizer_lib.To
   Returns:
     The split's batches (this process's rows) with sources and references for BLEU.
   """
-  _check_task(task)
+  _check_layout(layout)
   shards = _num_shards(num_data_shards, process_index, process_count)
   rows = -(-config.eval_batch_size // shards) * shards
   local_rows = rows // process_count
-  examples, _, _, stats = _prepare(config, tokenizer, split, task, training=False)
+  examples, _, _, stats = _prepare(config, tokenizer, split, layout, training=False)
   texts = examples.get(range(len(examples)))
-  num_sides = {"translation": 2, "lm": 1, "mlm": 3}[task]
   batches, indices = [], []
   for start in range(0, len(texts), rows):
     ids = np.arange(start + process_index * local_rows,
                     min(start + (process_index + 1) * local_rows, len(texts)))
     encoded = _encode(tokenizer, [texts[i] for i in ids], config.max_len) if ids.size else []
-    if task == "mlm":
+    if layout.masked:
       encoded = [_mlm_sides(e, np.random.default_rng([config.seed, int(i)]), config,
                             tokenizer.vocab_size) for e, i in zip(encoded, ids)]
-    batch = batching.assemble([[e] for e in encoded], local_rows, config.max_len, num_sides)
-    batches.append(_to_batch(task, *batch))
+    batch = batching.assemble([[e] for e in encoded], local_rows, config.max_len,
+                              layout.num_sides)
+    batches.append(layout.name_arrays(*batch))
     index = np.full(local_rows, -1, np.int32)
     index[:ids.size] = ids
     indices.append(index)

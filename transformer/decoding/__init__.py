@@ -5,7 +5,9 @@ and sampling. Knows nothing about the model: the core functions drive any
 Core (model-agnostic, `lax.while_loop`, no Python loop per token):
   greedy(step_fn, cache, *, batch_size, max_decode_len, bos_id, eos_id, pad_id=0) -> (B, L)
   beam_search(step_fn, cache, *, batch_size, beam_size, max_decode_len, bos_id, eos_id,
-              alpha=0.6, pad_id=0) -> (sequences (B, K, L), scores (B, K)), best first
+              alpha=0.6, pad_id=0, early_stopping="exact")
+      -> (sequences (B, K, L), scores (B, K)), best first; early_stopping "heuristic" stops
+      as Hugging Face does by default
   sample_tokens(step_fn, cache, rng, *, batch_size, max_decode_len, bos_id, eos_id, pad_id=0,
                 temperature=1.0, top_k=None, top_p=None, prompt=None, prompt_lengths=None)
   length_penalty(length, alpha), expand_to_beams(tree, beam_size), filter_logits(logits, ...)
@@ -20,13 +22,15 @@ e.g. `nnx.jit(greedy_translate, static_argnames="max_decode_len")(model, inputs)
 Modules: `beam` (beam search), `sampling` (greedy, sampling), `drivers` (model drivers).
 Outputs exclude BOS and hold `pad_id` after EOS; PAD and BOS are never generated (masked out
 of every step's scores), and `forced_eos=True` makes the L-th token EOS (Marian's rule). The
-translation limit defaults to the paper's input length + 50 (padded source width S + 50, capped
-by the model's `max_len`).
+translation limit defaults to the paper's input length + EXTRA_DECODE_LEN (50: padded source
+width S + 50, capped by the model's `max_len`).
 """
 
+from transformer.decoding.beam import EARLY_STOPPING
 from transformer.decoding.beam import beam_search
 from transformer.decoding.beam import expand_to_beams
 from transformer.decoding.beam import length_penalty
+from transformer.decoding.drivers import EXTRA_DECODE_LEN
 from transformer.decoding.drivers import beam_search_translate
 from transformer.decoding.drivers import greedy_translate
 from transformer.decoding.drivers import sample
@@ -36,5 +40,6 @@ from transformer.decoding.sampling import sample as sample_tokens
 
 __all__ = [
     "greedy", "beam_search", "sample_tokens", "greedy_translate", "beam_search_translate",
-    "sample", "length_penalty", "expand_to_beams", "filter_logits",
+    "sample", "length_penalty", "expand_to_beams", "filter_logits", "EXTRA_DECODE_LEN",
+    "EARLY_STOPPING",
 ]

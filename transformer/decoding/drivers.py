@@ -63,6 +63,7 @@ def beam_search_translate(
     max_decode_len: int | None = None,
     inputs_segmentation: jax.Array | None = None,
     forced_eos: bool = False,
+    early_stopping: str = "exact",
 ) -> tuple[jax.Array, jax.Array]:
   """Beam-search translation with the paper's defaults (beam 4, alpha 0.6, limit S + 50).
 
@@ -74,6 +75,7 @@ def beam_search_translate(
     max_decode_len: L; default min(S + 50, model.config.max_len).
     inputs_segmentation: int (B, S), 0 = padding; default `inputs != pad_id`.
     forced_eos: the L-th token is EOS (Marian models' rule).
+    early_stopping: "exact" or "heuristic" (see `beam.beam_search`).
 
   Returns:
     (best sequences int32 (B, L) without BOS, `pad_id` after EOS; their scores float32 (B,)).
@@ -85,7 +87,7 @@ def beam_search_translate(
   sequences, scores = beam_lib.beam_search(
       model.decode_step, cache, batch_size=inputs.shape[0], beam_size=beam_size,
       max_decode_len=length, bos_id=cfg.bos_id, eos_id=cfg.eos_id, alpha=alpha,
-      pad_id=cfg.pad_id, forced_eos=forced_eos)
+      pad_id=cfg.pad_id, forced_eos=forced_eos, early_stopping=early_stopping)
   return sequences[:, 0], scores[:, 0]
 
 

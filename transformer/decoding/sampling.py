@@ -2,6 +2,7 @@
 `step_fn(tokens, cache) -> (logits, cache)` interface as beam search, as one `lax.while_loop`.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -44,6 +45,51 @@ def filter_logits(
     threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits < threshold, -jnp.inf, logits)
   return logits
+
+
+def _initial_buffer(batch_size: int, max_decode_len: int, *, bos_id: int, pad_id: int,
+                    prompt: jax.Array | None,
+                    prompt_lengths: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """(buffer int32 (B, L + 1): BOS, prompt, PAD; prompt_end int32 (B,): first unforced index)."""
+  b, length = batch_size, max_decode_len
+  buffer = jnp.full((b, length + 1), pad_id, jnp.int32).at[:, 0].set(bos_id)  # BOS + L tokens
+  prompt_end = jnp.ones((b,), jnp.int32)  # first buffer index that is not forced
+  if prompt is not None:
+    p = prompt.shape[1]
+    if p > length:
+      raise ValueError(f"prompt length {p} exceeds max_decode_len={length}")
+    buffer = buffer.at[:, 1:p + 1].set(prompt.astype(jnp.int32))
+    lengths = jnp.full((b,), p) if prompt_lengths is None else prompt_lengths
+    prompt_end = 1 + lengths.astype(jnp.int32)
+  return buffer, prompt_end
+
+
+def _choose(logits: jax.Array, key: jax.Array, *, temperature: float, top_k: int | None,
+            top_p: float | None) -> jax.Array:
+  """(B,) token ids from float32 logits (B, V): argmax at temperature 0, else a sample."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1)
+  filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+  return jax.random.categorical(key, filtered, axis=-1)
+
+
+def _decode_step(s: dict, *, step_fn: beam_lib.StepFn, prompt_end: jax.Array, length: int,
+                 bos_id: int, eos_id: int, pad_id: int, forced_eos: bool, choose) -> dict:
+  """One `while_loop` iteration: feeds buffer[:, i] and writes buffer[:, i + 1] (B,)."""
+  i = s["step"]
+  tokens = jax.lax.dynamic_index_in_dim(s["buffer"], i, axis=1, keepdims=False)  # (B,)
+  logits, cache = step_fn(tokens, s["cache"])
+  rng, key = jax.random.split(s["rng"])
+  logits = beam_lib.restrict_scores(
+      logits.astype(jnp.float32), i, banned_ids=(pad_id, bos_id), eos_id=eos_id,
+      force_eos_at=length - 1 if forced_eos else None)
+  chosen = choose(logits, key)
+  forced = i + 1 < prompt_end  # still inside the prompt
+  given = jax.lax.dynamic_index_in_dim(s["buffer"], i + 1, axis=1, keepdims=False)
+  nxt = jnp.where(forced, given, jnp.where(s["done"], pad_id, chosen)).astype(jnp.int32)
+  buffer = jax.lax.dynamic_update_slice_in_dim(s["buffer"], nxt[:, None], i + 1, axis=1)
+  done = s["done"] | (~forced & (nxt == eos_id))
+  return dict(step=i + 1, buffer=buffer, done=done, cache=cache, rng=rng)
 
 
 def sample(
@@ -92,41 +138,18 @@ def sample(
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   if temperature > 0 and rng is None:
     raise ValueError("sampling with temperature > 0 needs an rng key")
-  b, length = batch_size, max_decode_len
-  buffer = jnp.full((b, length + 1), pad_id, jnp.int32).at[:, 0].set(bos_id)  # BOS + L tokens
-  prompt_end = jnp.ones((b,), jnp.int32)  # first buffer index that is not forced
-  if prompt is not None:
-    p = prompt.shape[1]
-    if p > length:
-      raise ValueError(f"prompt length {p} exceeds max_decode_len={length}")
-    buffer = buffer.at[:, 1:p + 1].set(prompt.astype(jnp.int32))
-    lengths = jnp.full((b,), p) if prompt_lengths is None else prompt_lengths
-    prompt_end = 1 + lengths.astype(jnp.int32)
-  state = dict(step=jnp.zeros((), jnp.int32), buffer=buffer, done=jnp.zeros((b,), bool),
-               cache=cache, rng=jax.random.key(0) if rng is None else rng)
+  buffer, prompt_end = _initial_buffer(batch_size, max_decode_len, bos_id=bos_id, pad_id=pad_id,
+                                       prompt=prompt, prompt_lengths=prompt_lengths)
+  state = dict(step=jnp.zeros((), jnp.int32), buffer=buffer,
+               done=jnp.zeros((batch_size,), bool), cache=cache,
+               rng=jax.random.key(0) if rng is None else rng)
+  choose = functools.partial(_choose, temperature=temperature, top_k=top_k, top_p=top_p)
+  body_fn = functools.partial(
+      _decode_step, step_fn=step_fn, prompt_end=prompt_end, length=max_decode_len, bos_id=bos_id,
+      eos_id=eos_id, pad_id=pad_id, forced_eos=forced_eos, choose=choose)
 
   def cond_fn(s):
-    return (s["step"] < length) & ~s["done"].all()
-
-  def body_fn(s):
-    i = s["step"]
-    tokens = jax.lax.dynamic_index_in_dim(s["buffer"], i, axis=1, keepdims=False)  # (B,)
-    logits, cache = step_fn(tokens, s["cache"])
-    rng, key = jax.random.split(s["rng"])
-    logits = beam_lib.restrict_scores(
-        logits.astype(jnp.float32), i, banned_ids=(pad_id, bos_id), eos_id=eos_id,
-        force_eos_at=length - 1 if forced_eos else None)
-    if temperature == 0:
-      chosen = jnp.argmax(logits, axis=-1)
-    else:
-      filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
-      chosen = jax.random.categorical(key, filtered, axis=-1)
-    forced = i + 1 < prompt_end  # still inside the prompt
-    given = jax.lax.dynamic_index_in_dim(s["buffer"], i + 1, axis=1, keepdims=False)
-    nxt = jnp.where(forced, given, jnp.where(s["done"], pad_id, chosen)).astype(jnp.int32)
-    buffer = jax.lax.dynamic_update_slice_in_dim(s["buffer"], nxt[:, None], i + 1, axis=1)
-    done = s["done"] | (~forced & (nxt == eos_id))
-    return dict(step=i + 1, buffer=buffer, done=done, cache=cache, rng=rng)
+    return (s["step"] < max_decode_len) & ~s["done"].all()
 
   return jax.lax.while_loop(cond_fn, body_fn, state)["buffer"][:, 1:]
 

@@ -42,17 +42,14 @@ from transformer.model.attention import reference_attention
 from transformer.model.config import TransformerConfig
 from transformer.model.counting import closed_form_param_count
 from transformer.model.counting import count_params
-from transformer.model.counting import encoder_decoder_forward_flops
-from transformer.model.counting import encoder_decoder_train_flops
+from transformer.model.counting import count_params_by_group
 from transformer.model.decoder_only import DecoderOnly
 from transformer.model.encoder_decoder import EncoderDecoder
 from transformer.model.encoder_only import EncoderOnly
-from transformer.model.encoder_only import masked_lm_loss
 from transformer.model.inputs import shift_right
 
 __all__ = [
     "TransformerConfig", "EncoderDecoder", "DecoderOnly", "EncoderOnly", "shift_right",
-    "masked_lm_loss", "count_params", "closed_form_param_count", "encoder_decoder_forward_flops",
-    "encoder_decoder_train_flops", "dot_product_attention",
+    "count_params", "count_params_by_group", "closed_form_param_count", "dot_product_attention",
     "reference_attention", "make_causal_mask", "make_padding_mask", "make_segment_mask",
 ]

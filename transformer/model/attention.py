@@ -5,6 +5,8 @@ Masks are boolean, True = "may attend", shaped (B, 1, T, S) so they broadcast ov
 """
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from flax import nnx
 
 from transformer.model import layers
 
+# Kernels of `dot_product_attention`, the values `TransformerConfig.attention_impl` accepts.
 IMPLEMENTATIONS = ("xla", "cudnn", "reference")
 
 
@@ -328,3 +331,35 @@ class MultiHeadAttention(nnx.Module):
     mask = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]  # (1, 1, 1, L)
     out = self.attend(self.project_query(x), keys, values, mask)
     return out, {"key": keys, "value": values}
+
+
+def capture_attention_weights(
+    module: nnx.Module,
+    forward: Callable[[nnx.Module], Any],
+    groups: dict[str, tuple[str, str]],
+) -> dict[str, jax.Array]:
+  """Runs `forward(module)` while capturing the attention weights its layers sow.
+
+  Each `MultiHeadAttention` called with `sow_weights=True` stores its weights (see `attend`);
+  this collects them per stack, one entry per layer.
+
+  Args:
+    module: the model.
+    forward: calls the model with `sow_weights=True`.
+    groups: output name -> (stack attribute, attention attribute), e.g.
+      {"cross": ("decoder", "cross_attention")}.
+
+  Returns:
+    output name -> float32 (L, B, N, T, S); stacks without layers are left out.
+  """
+  _, captured = nnx.capture(forward, nnx.Intermediate)(module)
+  weights = {}
+  for name, (stack, attention_name) in groups.items():
+    num_layers = len(getattr(module, stack).layers)
+    if num_layers:
+      per_layer = captured[stack]["layers"]
+      weights[name] = jnp.stack([
+          per_layer[i][attention_name]["attention_weights"].get_value()[0]
+          for i in range(num_layers)
+      ])
+  return weights

@@ -10,37 +10,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from transformer.model import attention as attention_lib
+from transformer.model import config as config_lib
 from transformer.model import layers
 
 Cache = dict[str, dict[str, jax.Array]]
-
-
-class InputEmbedding(nnx.Module):
-  """Token embedding * sqrt(D) + positional encoding, then dropout (section 3.4, 3.5, 5.4)."""
-
-  def __init__(
-      self,
-      embedding: layers.Embedding,
-      positional: layers.PositionalEncoding,
-      *,
-      dropout_rate: float,
-  ):
-    """Wraps an `Embedding` (possibly shared with other stacks) and a `PositionalEncoding`."""
-    self.embedding = embedding
-    self.positional = positional
-    self.dropout = layers.Dropout(dropout_rate)
-
-  def __call__(
-      self,
-      ids: jax.Array,
-      positions: jax.Array,
-      *,
-      deterministic: bool = True,
-      rngs: nnx.Rngs | None = None,
-  ) -> jax.Array:
-    """Maps ids (B, T) and positions (B, T) to (B, T, D)."""
-    x = self.embedding(ids) + self.positional(positions)
-    return self.dropout(x, deterministic=deterministic, rngs=rngs)
 
 
 class ResidualSublayer(nnx.Module):
@@ -61,8 +34,9 @@ class ResidualSublayer(nnx.Module):
       rngs: nnx.Rngs,
   ):
     """Builds the norm (D,) and dropout; `norm_placement` is "post" or "pre"."""
-    if norm_placement not in ("post", "pre"):
-      raise ValueError(f"norm_placement must be 'post' or 'pre', got {norm_placement!r}")
+    if norm_placement not in config_lib.NORM_PLACEMENTS:
+      raise ValueError(f"norm_placement must be one of {config_lib.NORM_PLACEMENTS}, "
+                       f"got {norm_placement!r}")
     self.norm_placement = norm_placement
     self.norm = layers.LayerNorm(
         embed_dim, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -90,7 +64,7 @@ class LayerOptions:
 
   # "post" (paper) or "pre" layer norm placement; see `ResidualSublayer`.
   norm_placement: str = "post"
-  # Feed-forward activation, "relu" or "gelu".
+  # Feed-forward activation, a key of `layers.ACTIVATIONS`.
   activation: str = "relu"
   # Dropout on sub-layer outputs.
   dropout_rate: float = 0.0
@@ -103,6 +77,20 @@ class LayerOptions:
   # Compute and storage dtypes.
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+
+  @classmethod
+  def from_config(cls, config: config_lib.TransformerConfig) -> "LayerOptions":
+    """The options that `config` describes."""
+    return cls(
+        norm_placement=config.norm_placement,
+        activation=config.activation,
+        dropout_rate=config.dropout_rate,
+        attention_dropout_rate=config.attention_dropout_rate,
+        attention_impl=config.attention_impl,
+        epsilon=config.layer_norm_epsilon,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+    )
 
 
 def _attention(embed_dim, num_heads, options, rngs):

@@ -8,13 +8,16 @@ import dataclasses
 
 import jax.numpy as jnp
 
-_NORM_PLACEMENTS = ("post", "pre")
-_ACTIVATIONS = ("relu", "gelu", "silu")
+from transformer.model import attention as attention_lib
+from transformer.model import layers
+
+# Where each sub-layer's LayerNorm sits (`blocks.ResidualSublayer`); the other allowed values
+# are defined by the modules that implement them: `layers.ACTIVATIONS`,
+# `layers.POSITION_ENCODINGS` and `attention.IMPLEMENTATIONS`.
+NORM_PLACEMENTS = ("post", "pre")
 # Compute dtypes: softmax, norms, logits and losses run in float32 whatever the compute dtype, so
 # float64 would be float64 in name only.
 _COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-_POSITION_ENCODINGS = ("sinusoidal", "learned")
-_ATTENTION_IMPLS = ("xla", "cudnn", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +99,10 @@ class TransformerConfig:
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
     for name, allowed in (
-        ("norm_placement", _NORM_PLACEMENTS),
-        ("activation", _ACTIVATIONS),
-        ("position_encoding", _POSITION_ENCODINGS),
-        ("attention_impl", _ATTENTION_IMPLS),
+        ("norm_placement", NORM_PLACEMENTS),
+        ("activation", tuple(layers.ACTIVATIONS)),
+        ("position_encoding", layers.POSITION_ENCODINGS),
+        ("attention_impl", attention_lib.IMPLEMENTATIONS),
     ):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -127,6 +130,11 @@ class TransformerConfig:
   def head_dim(self) -> int:
     """Per-head width H = d_model / num_heads (d_k = d_v in the paper)."""
     return self.d_model // self.num_heads
+
+  @property
+  def needs_dropout_rng(self) -> bool:
+    """Whether any dropout in the model is active when deterministic=False."""
+    return self.dropout_rate > 0.0 or self.attention_dropout_rate > 0.0
 
   @classmethod
   def base(cls, vocab_size: int, **overrides) -> "TransformerConfig":

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer.model import assembly
 from transformer.model import attention as attention_lib
 from transformer.model import blocks
 from transformer.model import config as config_lib
+from transformer.model import embeddings
 from transformer.model import inputs as inputs_lib
 
 
@@ -22,12 +22,12 @@ class DecoderOnly(nnx.Module):
   def __init__(self, config: config_lib.TransformerConfig, *, rngs: nnx.Rngs):
     """Builds the model from `config` (`vocab_size`, `num_decoder_layers`, ...); `rngs.params`."""
     self.config = config
-    embedding = assembly.make_embedding(config, config.vocab_size, rngs)
-    self.decoder_embedding = assembly.make_input_embedding(config, embedding, rngs)
+    embedding = embeddings.make_embedding(config, config.vocab_size, rngs)
+    self.decoder_embedding = embeddings.make_input_embedding(config, embedding, rngs)
     self.decoder = blocks.Decoder(config.num_decoder_layers, config.d_model, config.num_heads,
-                                  config.d_ff, assembly.layer_options(config),
+                                  config.d_ff, blocks.LayerOptions.from_config(config),
                                   cross_attention=False, rngs=rngs)
-    self.output_projection = assembly.OutputProjection(config, embedding, config.vocab_size,
+    self.output_projection = embeddings.OutputProjection(config, embedding, config.vocab_size,
                                                        rngs=rngs)
 
   def __call__(
@@ -56,7 +56,7 @@ class DecoderOnly(nnx.Module):
 
   def _forward(self, tokens, positions, segmentation, *, deterministic, rngs, sow_weights):
     cfg = self.config
-    rngs = inputs_lib.dropout_rngs(rngs, deterministic, assembly.needs_dropout_rng(cfg))
+    rngs = inputs_lib.dropout_rngs(rngs, deterministic, cfg.needs_dropout_rng)
     inputs_lib.check_tokens(tokens, cfg.max_len, "tokens")
     segmentation = inputs_lib.default_segmentation(tokens, segmentation, cfg.pad_id)
     positions = inputs_lib.default_positions(tokens, positions)
@@ -77,7 +77,7 @@ class DecoderOnly(nnx.Module):
       return model._forward(tokens, positions, segmentation, deterministic=True, rngs=None,
                             sow_weights=True)
 
-    return assembly.capture_attention_weights(
+    return attention_lib.capture_attention_weights(
         self, forward, {"decoder_self": ("decoder", "self_attention")})
 
   def init_cache(self, batch_size: int, max_decode_len: int) -> dict:

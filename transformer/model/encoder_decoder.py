@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer.model import assembly
 from transformer.model import attention as attention_lib
 from transformer.model import blocks
 from transformer.model import config as config_lib
+from transformer.model import embeddings
 from transformer.model import inputs as inputs_lib
 
 
@@ -29,20 +29,20 @@ class EncoderDecoder(nnx.Module):
       rngs: random streams; `params` initializes the weights (other streams are unused).
     """
     self.config = config
-    source_embedding = assembly.make_embedding(config, config.source_vocab_size, rngs)
+    source_embedding = embeddings.make_embedding(config, config.source_vocab_size, rngs)
     if config.share_embeddings:
       target_embedding = source_embedding
     else:
-      target_embedding = assembly.make_embedding(config, config.vocab_size, rngs)
-    self.encoder_embedding = assembly.make_input_embedding(config, source_embedding, rngs)
-    self.decoder_embedding = assembly.make_input_embedding(config, target_embedding, rngs)
-    options = assembly.layer_options(config)
+      target_embedding = embeddings.make_embedding(config, config.vocab_size, rngs)
+    self.encoder_embedding = embeddings.make_input_embedding(config, source_embedding, rngs)
+    self.decoder_embedding = embeddings.make_input_embedding(config, target_embedding, rngs)
+    options = blocks.LayerOptions.from_config(config)
     self.encoder = blocks.Encoder(config.num_encoder_layers, config.d_model, config.num_heads,
                                   config.d_ff, options, rngs=rngs)
     self.decoder = blocks.Decoder(config.num_decoder_layers, config.d_model, config.num_heads,
                                   config.d_ff, options, cross_attention=True,
                                   rngs=rngs)
-    self.output_projection = assembly.OutputProjection(
+    self.output_projection = embeddings.OutputProjection(
         config, target_embedding, config.vocab_size, rngs=rngs)
 
   def encode(
@@ -69,7 +69,7 @@ class EncoderDecoder(nnx.Module):
       (B, S, D) encoder output in the compute dtype.
     """
     cfg = self.config
-    rngs = inputs_lib.dropout_rngs(rngs, deterministic, assembly.needs_dropout_rng(cfg))
+    rngs = inputs_lib.dropout_rngs(rngs, deterministic, cfg.needs_dropout_rng)
     inputs_lib.check_tokens(inputs, cfg.max_len, "inputs")
     segmentation = inputs_lib.default_segmentation(inputs, inputs_segmentation, cfg.pad_id)
     positions = inputs_lib.default_positions(inputs, inputs_positions)
@@ -105,7 +105,7 @@ class EncoderDecoder(nnx.Module):
       float32 logits (B, T, V).
     """
     cfg = self.config
-    rngs = inputs_lib.dropout_rngs(rngs, deterministic, assembly.needs_dropout_rng(cfg))
+    rngs = inputs_lib.dropout_rngs(rngs, deterministic, cfg.needs_dropout_rng)
     inputs_lib.check_tokens(decoder_inputs, cfg.max_len, "decoder_inputs")
     segmentation = inputs_lib.default_segmentation(decoder_inputs, decoder_segmentation,
                                                    cfg.pad_id)
@@ -154,7 +154,7 @@ class EncoderDecoder(nnx.Module):
   def _forward(self, inputs, decoder_inputs, inputs_positions, decoder_positions,
                inputs_segmentation, decoder_segmentation, *, deterministic, rngs, sow_weights):
     cfg = self.config
-    rngs = inputs_lib.dropout_rngs(rngs, deterministic, assembly.needs_dropout_rng(cfg))
+    rngs = inputs_lib.dropout_rngs(rngs, deterministic, cfg.needs_dropout_rng)
     inputs_segmentation = inputs_lib.default_segmentation(inputs, inputs_segmentation, cfg.pad_id)
     encoded = self.encode(inputs, inputs_positions, inputs_segmentation,
                           deterministic=deterministic, rngs=rngs, sow_weights=sow_weights)
@@ -188,7 +188,7 @@ class EncoderDecoder(nnx.Module):
                             inputs_segmentation, decoder_segmentation, deterministic=True,
                             rngs=None, sow_weights=True)
 
-    return assembly.capture_attention_weights(self, forward, {
+    return attention_lib.capture_attention_weights(self, forward, {
         "encoder_self": ("encoder", "self_attention"),
         "decoder_self": ("decoder", "self_attention"),
         "cross": ("decoder", "cross_attention"),

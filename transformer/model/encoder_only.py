@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer.model import assembly
 from transformer.model import attention as attention_lib
 from transformer.model import blocks
 from transformer.model import config as config_lib
+from transformer.model import embeddings
 from transformer.model import inputs as inputs_lib
 from transformer.model import layers
 
@@ -29,7 +29,7 @@ class MaskedLMHead(nnx.Module):
     self.bias = layers.make_param(rngs, jax.nn.initializers.zeros, (d,), ("mlp",), param_dtype)
     self.norm = layers.LayerNorm(d, epsilon=config.layer_norm_epsilon, dtype=dtype,
                                  param_dtype=param_dtype, rngs=rngs)
-    self.output = assembly.OutputProjection(config, embedding, config.vocab_size, rngs=rngs)
+    self.output = embeddings.OutputProjection(config, embedding, config.vocab_size, rngs=rngs)
     self.output_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (config.vocab_size,),
                                          ("vocab",), param_dtype)
 
@@ -38,28 +38,9 @@ class MaskedLMHead(nnx.Module):
     dt = self.dtype
     h = jnp.einsum("bsd,de->bse", x.astype(dt), self.kernel[...].astype(dt))
     h = h + self.bias[...].astype(dt)
-    h = jax.nn.relu(h) if self.activation == "relu" else jax.nn.gelu(h, approximate=False)
+    # BERT's GELU for every model activation but ReLU (a "silu" model gets GELU here too).
+    h = layers.ACTIVATIONS["relu" if self.activation == "relu" else "gelu"](h)
     return self.output(self.norm(h)) + self.output_bias[...].astype(jnp.float32)
-
-
-def masked_lm_loss(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-  """Cross entropy summed over the masked (weighted) positions only.
-
-  Args:
-    logits: float (B, S, V).
-    targets: int (B, S) original ids.
-    weights: float (B, S), 1.0 at the positions chosen for prediction, else 0.
-
-  Returns:
-    (loss sum, weight sum), float32 scalars; the mean loss is their ratio.
-  """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # (B, S)
-  weights = weights.astype(jnp.float32)
-  # where, not a product: a masked-out position must not contribute even if its loss is inf.
-  return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0)), jnp.sum(weights)
 
 
 class EncoderOnly(nnx.Module):
@@ -68,10 +49,10 @@ class EncoderOnly(nnx.Module):
   def __init__(self, config: config_lib.TransformerConfig, *, rngs: nnx.Rngs):
     """Builds the model from `config` (`vocab_size`, `num_encoder_layers`, ...); `rngs.params`."""
     self.config = config
-    embedding = assembly.make_embedding(config, config.vocab_size, rngs)
-    self.encoder_embedding = assembly.make_input_embedding(config, embedding, rngs)
+    embedding = embeddings.make_embedding(config, config.vocab_size, rngs)
+    self.encoder_embedding = embeddings.make_input_embedding(config, embedding, rngs)
     self.encoder = blocks.Encoder(config.num_encoder_layers, config.d_model, config.num_heads,
-                                  config.d_ff, assembly.layer_options(config), rngs=rngs)
+                                  config.d_ff, blocks.LayerOptions.from_config(config), rngs=rngs)
     self.mlm_head = MaskedLMHead(config, embedding, rngs=rngs)
 
   def encode(
@@ -86,7 +67,7 @@ class EncoderOnly(nnx.Module):
   ) -> jax.Array:
     """Contextual representations (B, S, D) of tokens (B, S); arguments as for `__call__`."""
     cfg = self.config
-    rngs = inputs_lib.dropout_rngs(rngs, deterministic, assembly.needs_dropout_rng(cfg))
+    rngs = inputs_lib.dropout_rngs(rngs, deterministic, cfg.needs_dropout_rng)
     inputs_lib.check_tokens(tokens, cfg.max_len, "tokens")
     segmentation = inputs_lib.default_segmentation(tokens, segmentation, cfg.pad_id)
     positions = inputs_lib.default_positions(tokens, positions)
@@ -113,7 +94,7 @@ class EncoderOnly(nnx.Module):
       rngs: `nnx.Rngs(dropout=key)` or a key, required when deterministic=False.
 
     Returns:
-      float32 logits (B, S, V); score them with `masked_lm_loss`.
+      float32 logits (B, S, V); the loss scores only the masked (corrupted) positions.
     """
     return self.mlm_head(self.encode(tokens, positions, segmentation,
                                      deterministic=deterministic, rngs=rngs))
@@ -125,6 +106,6 @@ class EncoderOnly(nnx.Module):
       segmentation: jax.Array | None = None,
   ) -> dict[str, jax.Array]:
     """All attention weights of a deterministic pass: {"encoder_self": (L, B, N, S, S)}."""
-    return assembly.capture_attention_weights(
+    return attention_lib.capture_attention_weights(
         self, lambda model: model.encode(tokens, positions, segmentation, sow_weights=True),
         {"encoder_self": ("encoder", "self_attention")})

@@ -14,6 +14,9 @@ from flax import nnx
 
 Initializer = jax.nn.initializers.Initializer
 
+# Kinds of `PositionalEncoding`, the values `TransformerConfig.position_encoding` accepts.
+POSITION_ENCODINGS = ("sinusoidal", "learned")
+
 
 def make_param(
     rngs: nnx.Rngs,
@@ -234,8 +237,8 @@ class PositionalEncoding(nnx.Module):
       param_dtype: storage dtype of a learned table.
       rngs: random streams (used by "learned").
     """
-    if kind not in ("sinusoidal", "learned"):
-      raise ValueError(f"position encoding must be 'sinusoidal' or 'learned', got {kind!r}")
+    if kind not in POSITION_ENCODINGS:
+      raise ValueError(f"position encoding must be one of {POSITION_ENCODINGS}, got {kind!r}")
     self.kind = kind
     self.max_len = max_len
     self.embed_dim = embed_dim
@@ -291,8 +294,9 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
+# Feed-forward activations by name, the values `TransformerConfig.activation` accepts.
 # approximate=False: exact erf GELU, as in torch's default and Marian's "gelu".
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": jax.nn.relu,
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "silu": jax.nn.silu,
@@ -322,8 +326,8 @@ class FeedForward(nnx.Module):
       param_dtype: storage dtype.
       rngs: random streams.
     """
-    if activation not in _ACTIVATIONS:
-      raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     self.activation = activation
     self.dtype = dtype
     xavier = jax.nn.initializers.xavier_uniform()
@@ -337,5 +341,5 @@ class FeedForward(nnx.Module):
     """Maps x (B, T, D) to (B, T, D) in `dtype`."""
     dt = self.dtype
     h = jnp.einsum("btd,df->btf", x.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
-    h = _ACTIVATIONS[self.activation](h)
+    h = ACTIVATIONS[self.activation](h)
     return jnp.einsum("btf,fd->btd", h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)

@@ -5,9 +5,11 @@ beam-search translations (Vaswani et al., 2017, section 6.1: beam 4, alpha 0.6, 
 import dataclasses
 import functools
 import os
+import time
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from transformer import data as data_lib
@@ -20,36 +22,74 @@ from transformer.training import state as state_lib
 
 
 def evaluate_loss(
-    setup: builder.TrainSetup, state: state_lib.TrainState, dataset: data_lib.EvalDataset
+    setup: builder.ModelSetup, state, dataset: data_lib.EvalDataset, *, prefix: str = "eval"
 ) -> dict[str, float]:
-  """Mean validation loss, token accuracy and perplexity over every batch of `dataset`.
+  """Mean loss, token accuracy and perplexity over every batch of `dataset`.
 
   Returns:
-    {"eval/loss", "eval/accuracy", "eval/perplexity", "eval/tokens"}.
+    {"eval/loss", "eval/accuracy", "eval/perplexity", "eval/tokens"} (`prefix` for "eval").
   """
   total = None
   for batch in dataset.batches:
     metrics = setup.eval_step(state, sharding.make_global_batch(batch, setup.mesh))
     total = metrics_lib.accumulate(total, distributed.wait_on_cpu(metrics))
-  return metrics_lib.summarize(total, "eval")
+  return metrics_lib.summarize(total, prefix)
+
+
+def evaluate_split(
+    setup: builder.ModelSetup,
+    state,
+    dataset: data_lib.EvalDataset,
+    *,
+    prefix: str,
+    translator: "BatchTranslator | None" = None,
+    tokenizer: data_lib.Tokenizer | None = None,
+    num_examples: int = 0,
+    output_path: str | None = None,
+) -> dict[str, float]:
+  """Loss, accuracy and perplexity of a split and, given a translator, BLEU of its translations.
+
+  Args:
+    setup: the model setup.
+    state: a TrainState or InferenceState.
+    dataset: the split.
+    prefix: of every metric name ("eval", "test", or a split name).
+    translator: decodes for BLEU (None: no BLEU).
+    tokenizer: detokenizes the translations (with a translator).
+    num_examples: leading examples translated for BLEU; 0 = all.
+    output_path: where the translations are written (process 0), if given.
+
+  Returns:
+    {prefix/loss, prefix/accuracy, prefix/perplexity, prefix/tokens} plus, with a translator,
+    prefix/bleu, prefix/bleu_lowercase and prefix/bleu_seconds.
+  """
+  results = evaluate_loss(setup, state, dataset, prefix=prefix)
+  if translator is not None:
+    start = time.perf_counter()
+    scores, _ = evaluate_bleu(translator, state, dataset, tokenizer, num_examples=num_examples,
+                              output_path=output_path)
+    results.update({f"{prefix}/{name}": value for name, value in scores.items()})
+    results[f"{prefix}/bleu_seconds"] = time.perf_counter() - start
+  return results
 
 
 def predict_step(
-    state: state_lib.TrainState,
+    state: state_lib.InferenceState,
     batch: dict[str, jax.Array],
     *,
     graphdef: nnx.GraphDef,
     beam_size: int,
     alpha: float,
     max_decode_len: int,
+    early_stopping: str = "exact",
 ) -> jax.Array:
   """Beam-search translations of a batch: the encoder runs once, then K beams per sentence.
 
   Args:
-    state: train state (params and model_state are used).
+    state: the parameters.
     batch: with `inputs` (B, S) and `inputs_segmentation` (B, S).
     graphdef: the EncoderDecoder graph (static).
-    beam_size, alpha, max_decode_len: beam search settings (static).
+    beam_size, alpha, max_decode_len, early_stopping: beam search settings (static).
 
   Returns:
     int32 (B, L) best hypothesis ids without BOS, padding after EOS.
@@ -57,38 +97,45 @@ def predict_step(
   model = nnx.merge(graphdef, state.params, state.model_state)
   best, _ = decoding.beam_search_translate(
       model, batch["inputs"], beam_size=beam_size, alpha=alpha, max_decode_len=max_decode_len,
-      inputs_segmentation=batch["inputs_segmentation"],
+      inputs_segmentation=batch["inputs_segmentation"], early_stopping=early_stopping,
   )
   return best
 
 
 @dataclasses.dataclass(frozen=True)
-class Translator:
-  """A jitted beam-search function bound to a model graph and a mesh."""
+class BatchTranslator:
+  """A jitted beam-search function bound to a model graph and a mesh, decoding the batches of
+  an EvalDataset in every process (BLEU during training and `evaluate`). Users translate text
+  with `transformer.Translator`."""
 
-  setup: builder.TrainSetup
-  predict: callable  # (state, batch) -> (B, L) ids.
+  setup: builder.ModelSetup
+  predict_jit: callable  # (InferenceState, batch) -> (B, L) ids.
 
   @classmethod
   def create(
-      cls, setup: builder.TrainSetup, *, beam_size: int, alpha: float, max_decode_len: int
-  ) -> "Translator":
-    if setup.task != "translation":
-      raise ValueError(f"translation needs task 'translation', got {setup.task!r}")
+      cls, setup: builder.ModelSetup, *, beam_size: int, alpha: float, max_decode_len: int,
+      early_stopping: str = "exact",
+  ) -> "BatchTranslator":
+    if not setup.task.decodes:
+      raise ValueError(f"translation needs task 'translation', got {setup.task.name!r}")
     max_decode_len = min(max_decode_len, setup.model_config.max_len)
     predict = jax.jit(
         functools.partial(
             predict_step, graphdef=setup.graphdef, beam_size=beam_size, alpha=alpha,
-            max_decode_len=max_decode_len,
+            max_decode_len=max_decode_len, early_stopping=early_stopping,
         ),
-        in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
+        in_shardings=(setup.inference_shardings, sharding.batch_sharding(setup.mesh)),
         out_shardings=sharding.replicated(setup.mesh),
     )
-    return cls(setup=setup, predict=predict)
+    return cls(setup=setup, predict_jit=predict)
+
+  def predict(self, state, batch) -> jax.Array:
+    """(B, L) replicated best-hypothesis ids of a global batch (`predict_step`)."""
+    return self.predict_jit(state_lib.inference_view(state), batch)
 
   def translate_batches(
       self,
-      state: state_lib.TrainState,
+      state,
       batches: list[dict[str, np.ndarray]],
       indices: list[np.ndarray],
       tokenizer: data_lib.Tokenizer,
@@ -101,7 +148,7 @@ class Translator:
     collective: all processes call it with the same number of batches.
 
     Args:
-      state: the train state.
+      state: a TrainState or InferenceState.
       batches: per-process batches with `inputs` and `inputs_segmentation`.
       indices: per batch, the example index of each row of this process (-1 for padding rows).
       tokenizer: decodes ids to text (stops at EOS).
@@ -132,7 +179,7 @@ class Translator:
 
 
 def evaluate_bleu(
-    translator: Translator,
+    translator: BatchTranslator,
     state: state_lib.TrainState,
     dataset: data_lib.EvalDataset,
     tokenizer: data_lib.Tokenizer,
@@ -167,3 +214,35 @@ def evaluate_bleu(
     with open(output_path, "w", encoding="utf-8") as f:
       f.writelines(h.replace("\n", " ") + "\n" for h in hypotheses)
   return scores, hypotheses
+
+
+def evaluate_test(run, checkpointer, state, step: int, *, split: str, average_last_k: int,
+                  translator: BatchTranslator | None) -> tuple[dict[str, float], dict]:
+  """The final evaluation of a run: `split` with the last k checkpoints' parameters averaged.
+
+  Args:
+    run: the `runs.RunSetup` (training).
+    checkpointer: the run's Checkpointer.
+    state: the final TrainState (used as is when fewer than 2 checkpoints are averaged).
+    step: the final step.
+    split: the test split.
+    average_last_k: checkpoints to average (fewer when fewer exist, with a warning).
+    translator: for BLEU, or None.
+
+  Returns:
+    (metrics "test/...", {"test_averaged_steps": steps, "test_hypotheses": path (BLEU only)}).
+  """
+  k = min(average_last_k, len(checkpointer.all_steps()))
+  if k < average_last_k:
+    logging.warning("average_last_k=%d but only %d checkpoints exist; averaging %d.",
+                    average_last_k, k, k)
+  averaged = [step]
+  if k > 1:
+    state, averaged = checkpointer.average_last_k(k, run.setup.abstract_state_with_shardings())
+  path = os.path.join(run.workdir, "hypotheses", f"{split}_step{step}.txt")
+  results = evaluate_split(run.setup, state, run.eval_dataset(split), prefix="test",
+                           translator=translator, tokenizer=run.tokenizer, output_path=path)
+  out = {"test_averaged_steps": averaged}
+  if translator is not None:
+    out["test_hypotheses"] = path
+  return results, out

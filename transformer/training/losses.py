@@ -1,7 +1,7 @@
 """Label-smoothed cross entropy (Szegedy et al., 2016), as used by Vaswani et al. (2017), 5.4.
 
-Losses return *sums* and a *denominator* so that the loop can average over many steps and
-devices exactly (flax examples/wmt `compute_weighted_cross_entropy`).
+`compute_metric_sums` returns *sums* and a *denominator* so that the loop can average over many
+steps and devices exactly (as flax examples/wmt `compute_weighted_cross_entropy` does).
 
 Nothing here materializes a (B, T, V) target distribution or a second (B, T, V) log-softmax:
 every quantity is a reduction over the vocabulary axis of the float32 logits (log-sum-exp, the
@@ -92,44 +92,27 @@ def _smoothed_loss(nll: jax.Array, uniform: jax.Array, vocab_size: int,
   return (confidence - low_confidence) * nll + low_confidence * uniform - normalizing_constant
 
 
-def compute_weighted_cross_entropy(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array, label_smoothing: float = 0.0
-) -> tuple[jax.Array, jax.Array]:
-  """Weighted cross entropy against label-smoothed targets.
-
-  The smoothed target puts `1 - label_smoothing` on the true token and spreads
-  `label_smoothing` evenly over the other V - 1 tokens. The entropy of that target distribution
-  is subtracted, so a perfect prediction of the smoothed target has loss 0 (flax wmt); with
-  `label_smoothing=0` this is the ordinary negative log-likelihood.
-
-  Args:
-    logits: (B, T, V) float logits; the log-softmax runs in float32.
-    targets: (B, T) int token ids.
-    weights: (B, T) float weights, 0 at padding.
-    label_smoothing: the smoothing mass epsilon_ls in [0, 1).
-
-  Returns:
-    (loss_sum, weight_sum): float32 scalars, sum of weighted per-token losses and of weights.
-  """
-  sums = compute_metric_sums(logits, targets, weights, label_smoothing)
-  return sums["loss_sum"], sums["weight_sum"]
-
-
 def compute_metric_sums(
     logits: jax.Array, targets: jax.Array, weights: jax.Array, label_smoothing: float = 0.0
 ) -> dict[str, jax.Array]:
   """Loss, NLL and accuracy sums from one set of vocabulary reductions.
 
+  The smoothed target puts `1 - label_smoothing` on the true token and spreads
+  `label_smoothing` evenly over the other V - 1 tokens. The entropy of that target distribution
+  is subtracted, so a perfect prediction of the smoothed target has loss 0 (flax wmt); with
+  `label_smoothing=0` the loss is the ordinary negative log-likelihood.
+
   Args:
-    logits: (B, T, V) float logits.
+    logits: (B, T, V) float logits; every reduction runs in float32.
     targets: (B, T) int token ids.
     weights: (B, T) float weights, 0 at padding.
     label_smoothing: the smoothing mass epsilon_ls in [0, 1).
 
   Returns:
-    float32 scalars: "loss_sum" (label-smoothed, as `compute_weighted_cross_entropy`),
-    "nll_sum" (unsmoothed, as `compute_weighted_nll`), "accuracy_sum" (as
-    `compute_weighted_accuracy`) and "weight_sum".
+    float32 scalars, sums over positions weighted by `weights`: "loss_sum" (label-smoothed cross
+    entropy, the training loss), "nll_sum" (unsmoothed negative log-likelihood, for perplexity),
+    "accuracy_sum" (positions whose target logit is the row's maximum, a tie counting as a hit)
+    and "weight_sum". Only "loss_sum" carries a gradient to the logits.
   """
   _check_shapes(logits, targets, weights)
   if not 0.0 <= label_smoothing < 1.0:
@@ -143,38 +126,3 @@ def compute_metric_sums(
       "accuracy_sum": jnp.sum(jax.lax.stop_gradient(correct) * weights),
       "weight_sum": jnp.sum(weights),
   }
-
-
-def compute_weighted_nll(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array
-) -> jax.Array:
-  """Sum of weighted negative log-likelihoods (no smoothing), for perplexity.
-
-  Args:
-    logits: (B, T, V) float logits.
-    targets: (B, T) int token ids.
-    weights: (B, T) float weights.
-
-  Returns:
-    float32 scalar.
-  """
-  _check_shapes(logits, targets, weights)
-  nll, _, _ = _token_terms(logits, targets)
-  return jnp.sum(nll * weights.astype(jnp.float32))
-
-
-def compute_weighted_accuracy(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array
-) -> jax.Array:
-  """Number of weighted positions whose argmax equals the target.
-
-  Args:
-    logits: (B, T, V) float logits.
-    targets: (B, T) int token ids.
-    weights: (B, T) float weights.
-
-  Returns:
-    float32 scalar: sum of weights where the prediction is right.
-  """
-  correct = jnp.argmax(logits, axis=-1) == targets  # (B, T)
-  return jnp.sum(correct * weights.astype(jnp.float32))

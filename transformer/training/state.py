@@ -25,6 +25,23 @@ class TrainState:
   rng: jax.Array
 
 
+@struct.dataclass
+class InferenceState:
+  """What decoding and evaluation read: a TrainState without optimizer state and RNG.
+
+  Its fields have TrainState's names, so it restores from (a part of) a train checkpoint.
+  """
+
+  step: jax.Array  # Train steps the parameters have seen (int32 scalar).
+  params: nnx.State  # As in TrainState.
+  model_state: nnx.State  # As in TrainState.
+
+
+def inference_view(state: "TrainState | InferenceState") -> InferenceState:
+  """The InferenceState of `state` (the same arrays, nothing copied)."""
+  return InferenceState(step=state.step, params=state.params, model_state=state.model_state)
+
+
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """Splits a model into (graphdef, params, other variables), dropping RNG stream state.
 
@@ -32,13 +49,3 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """
   graphdef, params, _, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
   return graphdef, params, model_state
-
-
-def count_params(params: nnx.State) -> dict[str, int]:
-  """Parameter counts per top-level group plus 'total'."""
-  counts = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    group = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
-    counts[group] = counts.get(group, 0) + int(leaf.size)
-  counts["total"] = sum(counts.values())
-  return counts

@@ -1,7 +1,7 @@
 """Pure train and eval steps for the three model families of Vaswani et al. (2017).
 
 `train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) -> metrics` are
-pure and jit-able; static values (graphdef, optax transformation, task, ids) are bound with
+pure and jit-able; static values (graphdef, optax transformation, task) are bound with
 `functools.partial` before `jax.jit` (done once, in `transformer.training.builder`).
 Metrics are sums plus a denominator (`weight_sum`, the number of predicted tokens).
 """
@@ -11,82 +11,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from transformer import model as model_lib
 from transformer.training import losses
 from transformer.training import state as state_lib
-
-# Task -> model family: "translation" (EncoderDecoder, also the synthetic copy tasks),
-# "lm" (DecoderOnly, next-token prediction), "mlm" (EncoderOnly, masked-token prediction).
-TASKS = ("translation", "lm", "mlm")
-
-
-def forward(
-    model: nnx.Module,
-    batch: dict[str, jax.Array],
-    *,
-    task: str,
-    bos_id: int,
-    deterministic: bool,
-    rngs: nnx.Rngs | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Runs the model on a batch and returns what the loss needs.
-
-  Args:
-    model: EncoderDecoder ("translation"), DecoderOnly ("lm") or EncoderOnly ("mlm").
-    batch: int32 arrays following the contract's batch keys for the task.
-    task: one of TASKS.
-    bos_id: id put at the first decoder position of each segment by `shift_right`.
-    deterministic: False enables dropout.
-    rngs: `dropout` stream, required when not deterministic.
-
-  Returns:
-    (logits (B, T, V) float32, targets (B, T) int32, weights (B, T) float32).
-  """
-  targets = batch["targets"]
-  if task == "translation":
-    segmentation = batch.get("targets_segmentation")
-    decoder_inputs = model_lib.shift_right(targets, bos_id, segmentation)
-    logits = model(
-        batch["inputs"],
-        decoder_inputs,
-        inputs_positions=batch.get("inputs_position"),
-        decoder_positions=batch.get("targets_position"),
-        inputs_segmentation=batch.get("inputs_segmentation"),
-        decoder_segmentation=segmentation,
-        deterministic=deterministic,
-        rngs=rngs,
-    )
-    weights = _token_weights(targets, segmentation)
-  elif task == "lm":
-    segmentation = batch.get("targets_segmentation")
-    logits = model(
-        model_lib.shift_right(targets, bos_id, segmentation),
-        positions=batch.get("targets_position"),
-        segmentation=segmentation,
-        deterministic=deterministic,
-        rngs=rngs,
-    )
-    weights = _token_weights(targets, segmentation)
-  elif task == "mlm":
-    logits = model(
-        batch["inputs"],
-        positions=batch.get("inputs_position"),
-        segmentation=batch.get("inputs_segmentation"),
-        deterministic=deterministic,
-        rngs=rngs,
-    )
-    weights = batch["weights"].astype(jnp.float32)
-  else:
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  return logits, targets, weights
-
-
-def _token_weights(targets: jax.Array, segmentation: jax.Array | None) -> jax.Array:
-  """1.0 at real target tokens, 0.0 at padding."""
-  if segmentation is not None:
-    return (segmentation > 0).astype(jnp.float32)
-  return (targets != 0).astype(jnp.float32)
-
+from transformer.training import tasks
 
 def train_step(
     state: state_lib.TrainState,
@@ -94,19 +21,17 @@ def train_step(
     *,
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
-    task: str,
-    bos_id: int,
+    task: tasks.Task,
     label_smoothing: float,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One optimizer step on the mean label-smoothed loss per target token of the global batch.
 
   Args:
     state: the current train state.
-    batch: a global batch (see `forward`).
+    batch: a global batch in `task.layout`.
     graphdef: the model's NNX graph definition (static).
     tx: the optax transformation (static).
-    task: one of TASKS (static).
-    bos_id: BOS id for `shift_right` (static).
+    task: the model family (static): its `forward` gives logits, targets and weights.
     label_smoothing: label smoothing mass (static; 0.1 in the paper).
 
   Returns:
@@ -118,10 +43,8 @@ def train_step(
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state)
-    logits, targets, weights = forward(
-        model, batch, task=task, bos_id=bos_id, deterministic=False,
-        rngs=nnx.Rngs(dropout=dropout_key),
-    )
+    logits, targets, weights = task.forward(
+        model, batch, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
     # Metrics come from the same vocabulary reductions as the loss, inside the differentiated
     # function: only scalars leave it, so no (B, T, V) array outlives the backward pass.
     sums = losses.compute_metric_sums(logits, targets, weights, label_smoothing)
@@ -142,20 +65,19 @@ def eval_step(
     batch: dict[str, jax.Array],
     *,
     graphdef: nnx.GraphDef,
-    task: str,
-    bos_id: int,
+    task: tasks.Task,
     label_smoothing: float,
 ) -> dict[str, jax.Array]:
   """Metric sums of the deterministic model on one batch (no dropout, no update).
 
   Args:
-    state: the train state (only params and model_state are read).
+    state: a TrainState or InferenceState (only params and model_state are read).
     batch: a global batch; all-padding rows contribute nothing.
-    graphdef, task, bos_id, label_smoothing: as in `train_step` (static).
+    graphdef, task, label_smoothing: as in `train_step` (static).
 
   Returns:
     Metric sums: loss_sum, nll_sum, accuracy_sum, weight_sum.
   """
   model = nnx.merge(graphdef, state.params, state.model_state)
-  logits, targets, weights = forward(model, batch, task=task, bos_id=bos_id, deterministic=True)
+  logits, targets, weights = task.forward(model, batch, deterministic=True)
   return losses.compute_metric_sums(logits, targets, weights, label_smoothing)

@@ -1,32 +1,42 @@
-"""Turns a `TransformerConfig` into building blocks shared by the three model families: layer
-options, input embeddings, the output projection (tied per section 3.4, or separate) and the
-collection of recorded attention weights.
+"""Embeddings of "Attention Is All You Need" (section 3.4) as the model families build them from
+a `TransformerConfig`: token tables (one may serve source, target and output), each stack's input
+embedding (token * sqrt(D) + position, then dropout) and the output projection to logits.
 """
-
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from transformer.model import blocks
 from transformer.model import config as config_lib
 from transformer.model import layers
 
 
-def layer_options(config: config_lib.TransformerConfig) -> blocks.LayerOptions:
-  """The `blocks.LayerOptions` that `config` describes."""
-  return blocks.LayerOptions(
-      norm_placement=config.norm_placement,
-      activation=config.activation,
-      dropout_rate=config.dropout_rate,
-      attention_dropout_rate=config.attention_dropout_rate,
-      attention_impl=config.attention_impl,
-      epsilon=config.layer_norm_epsilon,
-      dtype=jnp.dtype(config.dtype),
-      param_dtype=jnp.dtype(config.param_dtype),
-  )
+class InputEmbedding(nnx.Module):
+  """Token embedding * sqrt(D) + positional encoding, then dropout (section 3.4, 3.5, 5.4)."""
+
+  def __init__(
+      self,
+      embedding: layers.Embedding,
+      positional: layers.PositionalEncoding,
+      *,
+      dropout_rate: float,
+  ):
+    """Wraps an `Embedding` (possibly shared with other stacks) and a `PositionalEncoding`."""
+    self.embedding = embedding
+    self.positional = positional
+    self.dropout = layers.Dropout(dropout_rate)
+
+  def __call__(
+      self,
+      ids: jax.Array,
+      positions: jax.Array,
+      *,
+      deterministic: bool = True,
+      rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
+    """Maps ids (B, T) and positions (B, T) to (B, T, D)."""
+    x = self.embedding(ids) + self.positional(positions)
+    return self.dropout(x, deterministic=deterministic, rngs=rngs)
 
 
 def make_embedding(config: config_lib.TransformerConfig, vocab_size: int,
@@ -37,12 +47,12 @@ def make_embedding(config: config_lib.TransformerConfig, vocab_size: int,
 
 
 def make_input_embedding(config: config_lib.TransformerConfig, embedding: layers.Embedding,
-                         rngs: nnx.Rngs) -> blocks.InputEmbedding:
+                         rngs: nnx.Rngs) -> InputEmbedding:
   """Token embedding + positional encoding + dropout for one stack."""
   positional = layers.PositionalEncoding(
       config.position_encoding, config.max_len, config.d_model, dtype=jnp.dtype(config.dtype),
       param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
-  return blocks.InputEmbedding(embedding, positional, dropout_rate=config.dropout_rate)
+  return InputEmbedding(embedding, positional, dropout_rate=config.dropout_rate)
 
 
 class OutputProjection(nnx.Module):
@@ -76,37 +86,3 @@ class OutputProjection(nnx.Module):
     if self.has_bias:
       logits = logits + self.bias[...].astype(jnp.float32)
     return logits
-
-
-def capture_attention_weights(
-    module: nnx.Module,
-    forward: Callable[[nnx.Module], Any],
-    groups: dict[str, tuple[str, str]],
-) -> dict[str, jax.Array]:
-  """Runs `forward(module)` while capturing the attention weights its layers sow.
-
-  Args:
-    module: the model.
-    forward: calls the model with `sow_weights=True`.
-    groups: output name -> (stack attribute, attention attribute), e.g.
-      {"cross": ("decoder", "cross_attention")}.
-
-  Returns:
-    output name -> float32 (L, B, N, T, S); stacks without layers are left out.
-  """
-  _, captured = nnx.capture(forward, nnx.Intermediate)(module)
-  weights = {}
-  for name, (stack, attention_name) in groups.items():
-    num_layers = len(getattr(module, stack).layers)
-    if num_layers:
-      per_layer = captured[stack]["layers"]
-      weights[name] = jnp.stack([
-          per_layer[i][attention_name]["attention_weights"].get_value()[0]
-          for i in range(num_layers)
-      ])
-  return weights
-
-
-def needs_dropout_rng(config: config_lib.TransformerConfig) -> bool:
-  """Whether any dropout in the model is active when deterministic=False."""
-  return config.dropout_rate > 0.0 or config.attention_dropout_rate > 0.0

@@ -236,12 +236,8 @@ def run_command(workdir: str, output: str, *, last_k: int, upper_bound: int | No
   try:
     result = average_checkpoints(workdir, output, last_k=last_k, upper_bound=upper_bound,
                                  around_best=around_best)
-  except errors.UsageError as e:
-    print(f"error: {e}", file=stderr)
-    return errors.EXIT_USAGE
-  except (errors.TrainingError, OSError) as e:
-    print(f"error: {e}", file=stderr)
-    return errors.EXIT_FAILED
+  except (errors.TrainingError, OSError) as e:  # UsageError included: exit 2.
+    return errors.report(e, stderr)
   print(json.dumps(result), file=stdout)
   return 0
 

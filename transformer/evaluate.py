@@ -163,12 +163,8 @@ def run_command(*, workdir: str | None = None, split: list[str] | None = None,
         reference_files=reference_file or [], hypothesis_files=hypothesis_file or [],
         step=step, average_last_k=average_last_k, beam_size=beam_size,
         length_penalty=length_penalty, batch_size=batch_size)
-  except errors.UsageError as e:
-    print(f"error: {e}", file=stderr)
-    return errors.EXIT_USAGE
-  except (errors.TrainingError, ValueError, OSError) as e:
-    print(f"error: {e}", file=stderr)
-    return errors.EXIT_FAILED
+  except (errors.TrainingError, ValueError, OSError) as e:  # UsageError included: exit 2.
+    return errors.report(e, stderr)
   print(json.dumps(report) if json_output else format_report(report), file=stdout)
   return 0
 

@@ -124,12 +124,8 @@ def run_command(workdir: str, *, input_path: str | None, beam_size: int | None,
                                  n_best=n_best):
           print(line, file=output)
         output.flush()
-  except errors.UsageError as e:
-    print(f"error: {e}", file=stderr)
-    return errors.EXIT_USAGE
-  except (errors.TrainingError, OSError) as e:
-    print(f"error: {e}", file=stderr)
-    return errors.EXIT_FAILED
+  except (errors.TrainingError, OSError) as e:  # UsageError included: exit 2.
+    return errors.report(e, stderr)
   finally:
     if output is not None and output is not stdout:
       output.close()

@@ -39,3 +39,10 @@ def non_finite_loss(loss: float, grad_norm: float, *, first_step: int, step: int
       f"training loss became {value} (gradient norm {grad_norm}) {where}; training stopped. "
       f"{saved} Try a lower optimizer.learning_rate, a longer optimizer.warmup_steps, "
       "optimizer.grad_clip_norm=1.0, or model.dtype='float32'.")
+
+
+def report(error: Exception, stream) -> int:
+  """Prints `error: <message>` (one line) to `stream`; returns the exit status of the error:
+  EXIT_USAGE for a UsageError, EXIT_FAILED for anything else."""
+  print(f"error: {error}", file=stream)
+  return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED

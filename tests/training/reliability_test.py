@@ -184,6 +184,25 @@ def test_replayed_steps_are_superseded_and_early_stopping_counts_each_evaluation
   assert best[1] == 5 and evaluations_since == 2
 
 
+def test_flipped_bytes_in_array_data_make_a_rerun_fall_back_and_move_the_checkpoint_aside(
+    run_copy, caplog):
+  data_dir = os.path.join(run_copy, "checkpoints", "15", "state", "ocdbt.process_0", "d")
+  path = max((os.path.join(data_dir, n) for n in os.listdir(data_dir)), key=os.path.getsize)
+  with open(path, "rb+") as f:
+    data = bytearray(f.read())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    f.seek(0)
+    f.write(data)
+  os.remove(os.path.join(run_copy, "summary.json"))
+  with caplog.at_level("WARNING"):
+    summary = loop.train_and_evaluate(_config(), run_copy)  # Reads the whole state.
+  # Compressed data: the flip is either a read error or a checksum mismatch; both are caught.
+  assert "Checkpoint at step 15 cannot be restored" in caplog.text
+  assert summary["start_step"] == 10 and summary["final_step"] == 15
+  assert len(os.listdir(os.path.join(run_copy, "corrupt_checkpoints"))) == 1
+
+
 def test_flipped_bytes_a_missing_iterator_state_or_nan_make_a_checkpoint_corrupt(
     run_copy, tmp_path, caplog):
   _flip_array_bytes(run_copy, 15)

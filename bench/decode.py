@@ -352,8 +352,8 @@ def nocache_translate_all(translator, method: str, *, beam_size: int, early_stop
   programs = {}  # Decode length L -> jitted program (each sees one shape: one compilation).
 
   # The translator's own batching and decode lengths (private, so that the two cannot drift).
-  batches_of = translator._batches  # pylint: disable=protected-access
-  decode_len = translator._decode_len  # pylint: disable=protected-access
+  batches_of = translator.batches
+  decode_len = translator.decode_len
 
   def translate_all(sentences):
     texts = ["" for _ in sentences]

@@ -65,7 +65,9 @@ def _sample_fn(state, inputs, segmentation, rng, *, graphdef, max_decode_len, te
 
 
 @dataclasses.dataclass
-class _Batch:
+class Batch:
+  """A padded batch of sentences."""
+
   rows: list[int]  # Indices of the sentences in this batch.
   inputs: np.ndarray  # int32 (B, S), pad_id padded.
   segmentation: np.ndarray  # int32 (B, S), 0 on padding.
@@ -137,8 +139,10 @@ class Translator:
                                     out_shardings=sharding.replicated(self.mesh))
     return self._compiled[key]
 
-  def _batches(self, sentences: Sequence[str]) -> list[_Batch]:
-    """Non-empty sentences, encoded (+ EOS, truncated to the model), sorted by length, batched."""
+  def batches(self, sentences: Sequence[str]) -> list[Batch]:
+    """Non-empty sentences, encoded (+ EOS, truncated to the model), sorted by length, batched:
+    the batches every decoding method of this object runs (also for tools that time their own
+    decoding function on them, such as bench/decode.py)."""
     if isinstance(sentences, str):
       raise TypeError("translate a list of sentences, not a string (wrap it in a list)")
     tokenizer, max_len = self.tokenizer, self.loaded.setup.model_config.max_len
@@ -162,10 +166,10 @@ class Translator:
       inputs = np.full((self.batch_size, width), tokenizer.pad_id, np.int32)
       for row, number in enumerate(rows):
         inputs[row, :len(encoded[number])] = encoded[number]
-      batches.append(_Batch(rows, inputs, (inputs != tokenizer.pad_id).astype(np.int32)))
+      batches.append(Batch(rows, inputs, (inputs != tokenizer.pad_id).astype(np.int32)))
     return batches
 
-  def _decode_len(self, width: int, max_decode_len: int | None) -> int:
+  def decode_len(self, width: int, max_decode_len: int | None) -> int:
     """L: the given limit or the source width + decoding.max_extra_length (model-capped)."""
     if max_decode_len is not None and max_decode_len < 1:
       raise ValueError(f"max_decode_len must be >= 1, got {max_decode_len}")
@@ -173,7 +177,7 @@ class Translator:
         max_decode_len)
     return min(limit, self.loaded.setup.model_config.max_len)
 
-  def _run(self, batches: list[_Batch], call) -> list[tuple[list[int], np.ndarray]]:
+  def _run(self, batches: list[Batch], call) -> list[tuple[list[int], np.ndarray]]:
     """Runs `call(batch) -> host arrays` on every batch: [(rows, outputs)]."""
     results = []
     for batch in batches:
@@ -219,14 +223,14 @@ class Translator:
       raise ValueError(f"length_penalty must be >= 0, got {alpha}")
 
     def call(batch, inputs, segmentation):
-      length = self._decode_len(batch.inputs.shape[1], max_decode_len)
+      length = self.decode_len(batch.inputs.shape[1], max_decode_len)
       program = self._program(("beam", beam_size, float(alpha), length, stopping), _beam_fn,
                               beam_size=beam_size, alpha=float(alpha), max_decode_len=length,
                               early_stopping=stopping)
       return program(self.loaded.state, inputs, segmentation)
 
     hypotheses = [[("", 0.0)] * n_best for _ in sentences]
-    for rows, (sequences, scores) in self._run(self._batches(sentences), call):
+    for rows, (sequences, scores) in self._run(self.batches(sentences), call):
       for row, number in enumerate(rows):
         hypotheses[number] = [(self.tokenizer.decode(sequences[row, k].tolist()),
                                float(scores[row, k])) for k in range(n_best)]
@@ -237,7 +241,7 @@ class Translator:
   def greedy(self, sentences: Sequence[str], *, max_decode_len: int | None = None) -> list[str]:
     """Greedy translations (the most likely token at every step), one per sentence."""
     def call(batch, inputs, segmentation):
-      length = self._decode_len(batch.inputs.shape[1], max_decode_len)
+      length = self.decode_len(batch.inputs.shape[1], max_decode_len)
       program = self._program(("greedy", length), _greedy_fn, max_decode_len=length)
       return program(self.loaded.state, inputs, segmentation)
 
@@ -266,7 +270,7 @@ class Translator:
     counter = iter(range(1 << 30))
 
     def call(batch, inputs, segmentation):
-      length = self._decode_len(batch.inputs.shape[1], max_decode_len)
+      length = self.decode_len(batch.inputs.shape[1], max_decode_len)
       settings = dict(max_decode_len=length, temperature=float(temperature), top_k=top_k,
                       top_p=top_p)
       program = self._program(("sample",) + tuple(settings.values()), _sample_fn, **settings)
@@ -277,7 +281,7 @@ class Translator:
 
   def _texts(self, sentences: Sequence[str], call) -> list[str]:
     texts = ["" for _ in sentences]
-    for rows, ids in self._run(self._batches(sentences), call):
+    for rows, ids in self._run(self.batches(sentences), call):
       for row, number in enumerate(rows):
         texts[number] = self.tokenizer.decode(ids[row].tolist())
     return texts

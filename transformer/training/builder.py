@@ -118,13 +118,14 @@ class TrainSetup(ModelSetup):
     return _with_shardings(abstract, sharding.get_shardings(abstract, self.mesh))
 
 
-def _model_parts(task: tasks.Task, model_config: model_lib.TransformerConfig, seed: int,
+def _model_parts(task: tasks.Task, model_config: model_lib.TransformerConfig,
                  mesh: jax.sharding.Mesh, label_smoothing: float) -> dict:
   """The fields of ModelSetup: graph, parameter shapes and shardings, jitted eval step."""
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"training.label_smoothing must be in [0, 1), got {label_smoothing}")
-  params_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-  abstract_model = nnx.eval_shape(lambda: build_model(task, model_config, params_key))
+  # Shapes only: the key does not matter (parameters come from `init_state` or a checkpoint).
+  abstract_model = nnx.eval_shape(
+      lambda: build_model(task, model_config, jax.random.PRNGKey(0)))
   graphdef, params, model_state = state_lib.split_model(abstract_model)
   abstract = state_lib.InferenceState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                                       model_state=model_state)
@@ -143,8 +144,7 @@ def _model_parts(task: tasks.Task, model_config: model_lib.TransformerConfig, se
 
 
 def make_model_setup(*, task: tasks.Task, model_config: model_lib.TransformerConfig,
-                     mesh: jax.sharding.Mesh, label_smoothing: float = 0.0,
-                     seed: int = 0) -> ModelSetup:
+                     mesh: jax.sharding.Mesh, label_smoothing: float = 0.0) -> ModelSetup:
   """The model graph, parameter shardings and jitted eval step, without an optimizer.
 
   Args:
@@ -152,9 +152,8 @@ def make_model_setup(*, task: tasks.Task, model_config: model_lib.TransformerCon
     model_config: model hyperparameters (vocab size and special ids included).
     mesh: the device mesh; parameters are laid out by `transformer.sharding` rules.
     label_smoothing: of the evaluation loss (the run's training.label_smoothing).
-    seed: only shapes come from the initializer; kept for parity with `make_train_setup`.
   """
-  return ModelSetup(**_model_parts(task, model_config, seed, mesh, label_smoothing))
+  return ModelSetup(**_model_parts(task, model_config, mesh, label_smoothing))
 
 
 def make_train_setup(
@@ -181,7 +180,7 @@ def make_train_setup(
   Returns:
     The TrainSetup.
   """
-  parts = _model_parts(task, model_config, seed, mesh, label_smoothing)
+  parts = _model_parts(task, model_config, mesh, label_smoothing)
   tx, schedule = optimizers.make_optimizer(optimizer_config, model_config.d_model, num_train_steps)
   base_key = jax.random.PRNGKey(seed)
 

@@ -149,10 +149,11 @@ def setup_run(cfg: run_config.RunConfig, workdir: str, *, training: bool,
       input_vocab_size=tokenizer.source_vocab_size,
   )
   common = dict(task=task, model_config=model_config, mesh=mesh,
-                label_smoothing=cfg.training.label_smoothing, seed=cfg.training.seed)
+                label_smoothing=cfg.training.label_smoothing)
   if training:
     setup = builder.make_train_setup(**common, optimizer_config=cfg.optimizer,
-                                     num_train_steps=cfg.training.num_train_steps)
+                                     num_train_steps=cfg.training.num_train_steps,
+                                     seed=cfg.training.seed)
   else:
     setup = builder.make_model_setup(**common)
   try:

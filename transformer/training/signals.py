@@ -46,7 +46,8 @@ class StopSignal:
     ignores it, such as a garbage-collector callback, hence the exit)."""
     if self._exit_message is None:
       raise KeyboardInterrupt
-    print(self._exit_message, file=sys.stderr, flush=True)
+    # On a line of its own: the progress bar's line has no newline yet.
+    print("\n" + self._exit_message, file=sys.stderr, flush=True)
     os._exit(errors.EXIT_INTERRUPTED)  # No waiting on background threads: the user asked twice.
 
   def _handle(self, signum, frame):

@@ -6,6 +6,10 @@ r"""Trains, evaluates and checkpoints a Transformer (Vaswani et al., 2017).
 Rerunning a command with the same --workdir resumes from its latest checkpoint; SIGTERM or
 Ctrl-C saves a checkpoint first.
 
+JAX's own options are flags too, as in the Flax examples: --jax_compilation_cache_dir=DIR keeps
+compiled steps across runs, --jax_debug_nans stops at the first NaN, --jax_platforms=cpu, ...
+(`python train.py --helpfull` lists them).
+
 Exit status: 0 finished (or already finished); 1 an error (the message says which checkpoint is
 intact); 2 a bad flag, config or workdir (nothing written); 75 stopped by SIGTERM or Ctrl-C with
 a checkpoint saved (rerun to resume); 130 a second Ctrl-C (stopped at once, earlier checkpoints
@@ -31,6 +35,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from transformer import distributed
+from transformer import provenance
 from transformer.training import errors
 from transformer.training import loop
 from transformer.training import run_config
@@ -116,10 +121,12 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the console (warnings still show)."""
+  """Keeps the per-save and per-file INFO chatter of orbax and of the Cloud Storage client
+  (fsspec, gcsfs) out of the console (their warnings still show)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    return record.levelno >= std_logging.WARNING or not any(
+        f"/{library}/" in record.pathname for library in ("orbax", "fsspec", "gcsfs"))
 
 
 def main(argv):
@@ -136,8 +143,7 @@ def main(argv):
     _fail(errors.EXIT_USAGE, str(e))
   if not distributed.is_main_process():
     logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others only warn.
-  logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(),
-               jax.devices())
+  logging.info("Running %s", provenance.describe(provenance.environment()))
   logging.info("Config:\n%s", _CONFIG.value)
   try:
     summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
@@ -157,4 +163,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # --jax_* flags.
   app.run(main)

@@ -7,6 +7,7 @@ accelerator.
   python bench/train_step.py --peers= --ab_roots=before=/tmp/main_before  # A/B of a change
   python bench/train_step.py --device=gpu --manual_dir=runs/multi30k   # GPU: base and big, MFU
   python bench/train_step.py --smoke                # every accelerator code path, tiny, any host
+  python bench/train_step.py --configs=small --peers= --profile_dir=/tmp/prof   # + a trace
 
 (from the repository root, with the package installed or PYTHONPATH=.).
 
@@ -51,6 +52,11 @@ matmul rate (a jitted `--matmul_size` square matmul, in its own worker, before t
 after the last configuration) and prints achieved model FLOP/s and their percentage of that
 rate: on a 2-core machine this says how close to the hardware a step is, across machines that
 differ (some lack AVX-512) where raw tokens/s do not compare.
+
+Profile (`--profile_dir=DIR`): after its timed steps, ours runs `--profile_steps` more steps
+(untimed; synced one by one, each marked as a step) under `jax.profiler` and writes the trace to
+DIR/plugins/profile/<time>/ (`tensorboard --logdir DIR`, Profile tab); on an accelerator, of
+the first configuration, in a runner built again after the benchmark.
 
 GPU (`--device=gpu`, the default where JAX has one): the paper's base and big models in bf16
 compute (float32 parameters, float32 softmax, norms, logits and loss) with cuDNN fused attention,
@@ -103,6 +109,10 @@ _PIPELINE = flags.DEFINE_string(
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data/multi30k",
                                   "Raw Multi30k files for the idle-time loop.")
 _PIPELINE_STEPS = flags.DEFINE_integer("pipeline_steps", 30, "Steps per idle-time loop.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Also trace --profile_steps untimed steps of ours with jax.profiler into "
+    "this TensorBoard log directory (Profile tab).")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Steps traced with --profile_dir.")
 _WORKER = flags.DEFINE_string(
     "worker", None, "Internal: 'ours', 'torch', 'flax_wmt' or 'matmul'.")
 _WORKER_CONFIG = flags.DEFINE_string("worker_config", "small", "Internal: config of the worker.")
@@ -170,6 +180,23 @@ class TorchRunner:
     return float(self.loss.detach())
 
 
+def profile_steps(runner, log_dir: str, num_steps: int) -> None:
+  """Traces `num_steps` steps of a JaxRunner (synced one by one, each a step in the trace)
+  into `log_dir`/plugins/profile/<time>/."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  jax.profiler.start_trace(log_dir)
+  try:
+    for step in range(num_steps):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        runner.step()
+        runner.sync()
+  finally:
+    jax.profiler.stop_trace()
+  print(f"profile of {num_steps} steps written to {log_dir} (tensorboard --logdir {log_dir})",
+        file=sys.stderr, flush=True)
+
+
 def run_step_worker(framework: str, name: str) -> dict:
   """Worker body: build, compile, warm up, time; returns the RESULT dict."""
   shape = common.CONFIGS[name]
@@ -196,6 +223,9 @@ def run_step_worker(framework: str, name: str) -> dict:
     if runner.traces != 1 or recompiles:
       raise RuntimeError(f"our step was traced {runner.traces} times (expected 1) and XLA "
                          f"compiled {recompiles} programs during the timed steps (expected 0)")
+    if _PROFILE_DIR.value:
+      profile_steps(runner, _PROFILE_DIR.value, _PROFILE_STEPS.value)
+      extra.update(profile_dir=_PROFILE_DIR.value)
     runner.close()
     extra.update(traces=runner.traces, recompiles=recompiles)
   return dict(step_s=statistics.median(times), compile_s=compile_s, loss=runner.sync(), **extra)
@@ -217,7 +247,9 @@ def _worker_argv(worker: str, name: str) -> list[str]:
   return [sys.executable, os.path.abspath(__file__), f"--worker={worker}",
           f"--worker_config={name}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
           f"--threads={_THREADS.value}", f"--matmul_size_cpu={_MATMUL_CPU.value}",
-          f"--peers_dir={os.path.abspath(_PEERS_DIR.value)}"]
+          f"--peers_dir={os.path.abspath(_PEERS_DIR.value)}"] + (
+              [f"--profile_dir={os.path.abspath(_PROFILE_DIR.value)}",
+               f"--profile_steps={_PROFILE_STEPS.value}"] if _PROFILE_DIR.value else [])
 
 
 def _run_worker(argv: list[str], env: dict, label: str) -> dict:
@@ -344,6 +376,14 @@ def run_accelerator(names: list[str]) -> None:
       pipeline_dataset=("synthetic/copy" if smoke else _PIPELINE.value) or None,
       manual_dir=_MANUAL_DIR.value, pipeline_steps=3 if smoke else _PIPELINE_STEPS.value)
   print("\n".join(lines))
+  if _PROFILE_DIR.value:
+    shape = dict(common.CONFIGS[names[0]])
+    if _BATCH.value:
+      shape["batch"] = _BATCH.value
+    runner, _, _ = mfu.build_runner(shape, _ATTENTION.value if on_gpu else "xla")
+    common.timed_steps(runner, max(_WARMUP.value, 1))
+    profile_steps(runner, _PROFILE_DIR.value, _PROFILE_STEPS.value)
+    runner.close()
 
 
 def run_worker(worker: str, name: str) -> None:
@@ -385,6 +425,8 @@ def main(argv):
   unknown = set(_PEERS.value) - {"torch", "flax_wmt", ""}
   if unknown:
     raise app.UsageError(f"unknown peers {sorted(unknown)}; choose from torch, flax_wmt")
+  if _PROFILE_STEPS.value < 1:
+    raise app.UsageError(f"--profile_steps must be >= 1, got {_PROFILE_STEPS.value}")
   if _STEPS.value < 15 and not _SMOKE.value:
     raise app.UsageError(f"--steps must be >= 15, got {_STEPS.value}")
   if accelerator:

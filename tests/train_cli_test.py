@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -136,8 +137,16 @@ def test_multi30k_end_to_end_then_translate(tmp_path):
       "--config.training.num_train_steps=30", "--config.training.bleu_every_steps=30",
       "--config.training.checkpoint_every_steps=10", "--config.training.test_split=",
       "--config.data.packing=True",  # One batch shape: one compilation.
+      f"--jax_compilation_cache_dir={tmp_path / 'flag_cache'}",  # JAX's options are flags.
   ], timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(tmp_path / "flag_cache")  # The flag, not $JAX_COMPILATION_CACHE_DIR, won.
+  environment = json.load(open(os.path.join(workdir, "summary.json")))["environment"]
+  history = [json.loads(line) for line in open(os.path.join(workdir, "config_history.jsonl"))]
+  assert history[-1]["environment"]["packages"] == environment["packages"]
+  assert environment["packages"]["jax"] == jax.__version__
+  assert environment["devices"]["device_count"] == 1
+  assert "Running transformer" in result.stderr and f"jax {jax.__version__}" in result.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   bleu = [r["eval/bleu"] for r in records if "eval/bleu" in r]

@@ -35,6 +35,7 @@ from absl import flags
 from transformer import checkpointing
 from transformer import data as data_lib
 from transformer import metrics as metrics_lib
+from transformer import storage
 from transformer.training import errors
 from transformer.training import resume
 from transformer.training import run_config
@@ -84,7 +85,7 @@ def best_checkpoint_step(workdir: str, metric: str, available: Sequence[int]) ->
   """
   path = os.path.join(workdir, "metrics.jsonl")
   values = {}  # By step; a step recorded twice (a resumed run) keeps its last value.
-  if os.path.exists(path):
+  if storage.exists(path):
     for record in metrics_lib.read_jsonl(path):
       value = record.get(metric)
       if record["step"] in available and isinstance(value, (int, float)):
@@ -109,19 +110,22 @@ def _check_flags(last_k: int, upper_bound: int | None, around_best: bool) -> Non
 
 def _check_output(workdir: str, output: str) -> None:
   """Refuses an --output that is the run itself or exists and is not an empty directory."""
-  real_output, real_workdir = os.path.realpath(output), os.path.realpath(workdir)
+  def real(path):
+    return path if storage.is_remote(path) else os.path.realpath(path)
+
+  real_output, real_workdir = real(output), real(workdir)
   if (real_output == real_workdir
-      or real_output.startswith(os.path.join(real_workdir, "checkpoints") + os.sep)):
+      or real_output.startswith(os.path.join(real_workdir, "checkpoints") + "/")):
     raise errors.UsageError(f"--output {output} is the run itself (or inside its checkpoints); "
                             "choose a new directory")
-  if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+  if storage.isfile(output) or (storage.isdir(output) and storage.listdir(output)):
     raise errors.UsageError(f"--output {output} exists and is not an empty directory; refusing "
                             "to overwrite it (choose a new directory)")
 
 
 def _read_run(workdir: str) -> tuple[dict, run_config.RunConfig]:
   """(config.json as a dict, typed config) of a train.py workdir (errors.UsageError if none)."""
-  if not os.path.isdir(workdir):
+  if not storage.isdir(workdir):
     raise errors.UsageError(f"--workdir {workdir} does not exist (or is not a directory)")
   try:
     saved = checkpointing.read_config_json(workdir)
@@ -151,13 +155,11 @@ def _averaged_state(cfg: run_config.RunConfig, workdir: str, reader: checkpointi
 
 def _write_run(target: str, workdir: str, config: dict, state, steps: list[int]) -> None:
   """Writes config.json, the tokenizer, averaged_from.json and the one checkpoint to `target`."""
-  shutil.copyfile(os.path.join(workdir, "config.json"), os.path.join(target, "config.json"))
+  storage.copy_tree(os.path.join(workdir, "config.json"), os.path.join(target, "config.json"))
   for name in _TOKENIZER_PATHS:
     source = os.path.join(workdir, name)
-    if os.path.isdir(source):
-      shutil.copytree(source, os.path.join(target, name))
-    elif os.path.isfile(source):
-      shutil.copyfile(source, os.path.join(target, name))
+    if storage.exists(source):
+      storage.copy_tree(source, os.path.join(target, name))
   writer = checkpointing.Checkpointer(os.path.join(target, "checkpoints"), max_to_keep=1,
                                       best_metric=None, async_save=False)
   try:
@@ -169,13 +171,24 @@ def _write_run(target: str, workdir: str, config: dict, state, steps: list[int])
     writer.close()
   provenance = {"workdir": workdir, "steps": steps,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-  with open(os.path.join(target, resume.AVERAGED_FROM), "w", encoding="utf-8") as f:
-    json.dump(provenance, f, indent=2)
+  storage.write_atomic(os.path.join(target, resume.AVERAGED_FROM),
+                       json.dumps(provenance, indent=2))
 
 
 def _write_atomically(output: str, write) -> None:
   """Calls write(tmp) on a temporary sibling of `output`, then renames it to `output`; on any
-  failure the temporary directory is removed and `output` is left as it was."""
+  failure the temporary directory is removed and `output` is left as it was.
+
+  Cloud Storage has no directory rename (a "move" copies every object), so there `output` is
+  written in place and removed again on a failure.
+  """
+  if storage.is_remote(output):
+    try:
+      write(output)
+    except BaseException:
+      storage.remove_tree(output)
+      raise
+    return
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=parent)
@@ -207,7 +220,10 @@ def average_checkpoints(workdir: str, output: str, *, last_k: int = 5,
       `output` (nothing was written).
     errors.TrainingError: a checkpoint cannot be read (nothing was written).
   """
-  workdir, output = os.path.abspath(workdir), os.path.abspath(output)
+  try:
+    workdir, output = storage.normalize(workdir), storage.normalize(output)
+  except ValueError as e:
+    raise errors.UsageError(str(e)) from e
   _check_flags(last_k, upper_bound, around_best)
   config, cfg = _read_run(workdir)
   _check_output(workdir, output)

@@ -20,7 +20,6 @@ shards it owns, orbax's primary process (0) writes metadata and finalizes the st
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 
@@ -33,6 +32,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from transformer import metrics as metrics_lib
+from transformer import storage
 
 class UnreadableCheckpointError(RuntimeError):
   """No checkpoint of a directory could be restored."""
@@ -135,7 +135,7 @@ class Checkpointer:
     """
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.normalize(directory)
     self.best_metric = best_metric
     self.read_only = read_only
     self.unreadable = []  # (step, reason) of checkpoints the last `restore` skipped.
@@ -302,7 +302,7 @@ class Checkpointer:
     if data_iterator is not None:
       iterator_state = _saved_iterator_state(os.path.join(step_dir, "data"), step)
     items = {"state": _state_restore_args(abstract_state)}
-    has_integrity = os.path.isdir(os.path.join(step_dir, "integrity"))
+    has_integrity = storage.isdir(os.path.join(step_dir, "integrity"))
     if has_integrity:
       items["integrity"] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -316,8 +316,7 @@ class Checkpointer:
     self._manager.wait_until_finished()
     target = os.path.join(self._corrupt_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     if jax.process_index() == 0:
-      os.makedirs(self._corrupt_dir, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      storage.move(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint_{step}_moved_aside")
     self._manager.reload()
@@ -329,7 +328,7 @@ class Checkpointer:
     if step is None:
       return None
     path = os.path.join(self.directory, str(step), "config")
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
       return None
     restored = self._manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
@@ -428,10 +427,9 @@ def _saved_iterator_state(item_dir: str, step: int) -> dict | None:
       restart the data at batch 0).
   """
   own = os.path.join(item_dir, _iterator_file(jax.process_index(), jax.process_count()))
-  if os.path.exists(own):
-    with open(own, encoding="utf-8") as f:
-      return json.load(f)
-  if not os.path.isdir(item_dir):
+  if storage.exists(own):
+    return json.loads(storage.read_text(own))
+  if not storage.isdir(item_dir):
     if step == 0:
       return None
     raise CorruptCheckpointError(f"{item_dir} (the data-iterator state) is missing")
@@ -470,10 +468,9 @@ def _iterator_state_of_other_process_count(item_dir: str) -> dict:
     ValueError: the states differ between processes, or there is none.
   """
   states = {}
-  for name in sorted(os.listdir(item_dir)):
+  for name in storage.listdir(item_dir):
     if name.startswith("process_") and name.endswith(".json"):
-      with open(os.path.join(item_dir, name), encoding="utf-8") as f:
-        states[name] = json.load(f)
+      states[name] = json.loads(storage.read_text(os.path.join(item_dir, name)))
   if not states:
     raise CorruptCheckpointError(f"{item_dir} holds no data-iterator state")
   first = next(iter(states.values()))
@@ -492,25 +489,25 @@ def write_config_json(workdir: str, config: Mapping) -> str:
   """Writes the resolved config to `<workdir>/config.json` (process 0) and returns the path."""
   path = os.path.join(workdir, "config.json")
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(dict(config), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    storage.write_atomic(path, json.dumps(dict(config), indent=2, sort_keys=True))
   return path
 
 
 def read_config_json(workdir: str) -> dict | None:
   """The config saved by `write_config_json`, or None if there is none."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def steps_of(directory: str) -> Sequence[int]:
-  """Finished checkpoint steps under `directory` without opening a manager (ascending)."""
+  """Finished checkpoint steps under `directory` without opening a manager (ascending).
+
+  On Cloud Storage a step directory exists while it is written; orbax marks finished ones.
+  """
+  if storage.is_remote(directory):
+    return sorted(ocp.path.step.checkpoint_steps(directory))
   if not os.path.isdir(directory):
     return []
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())

@@ -124,9 +124,13 @@ def test_iterator_state_continues_in_another_number_of_processes(tmp_path):
     checkpointing._iterator_state_of_other_process_count(str(tmp_path / "empty"))
 
 
-def test_a_url_workdir_is_refused():
-  with pytest.raises(errors.TrainingError, match="filesystem that every host mounts"):
-    loop.train_and_evaluate(_copy_config(), "gs://bucket/run")
+@pytest.mark.parametrize("workdir, message", [
+    ("s3://bucket/run", "the s3:// scheme is not supported"),
+    ("gs://", "names no bucket"),
+])
+def test_a_workdir_url_other_than_a_gcs_bucket_is_refused(workdir, message):
+  with pytest.raises(errors.UsageError, match=message):
+    loop.train_and_evaluate(_copy_config(), workdir)
 
 
 def _copy_config():

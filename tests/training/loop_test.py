@@ -1,13 +1,15 @@
 """train_and_evaluate: the copy task learns, NaN stops cleanly, incompatible workdirs are
 refused, SIGTERM checkpoints and resumes, bad config fields are named, every shipped config
-parses."""
+parses; a profile window cut short by an error or SIGTERM keeps its trace."""
 
+import glob
 import json
 import os
 import signal
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -39,8 +41,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = training_helpers.tiny_copy_config(num_train_steps=20)
   config.optimizer.learning_rate = 1e30  # Diverges within a few steps.
   config.training.checkpoint_every_steps = 1
+  config.training.profile_steps = "1,100"  # The error comes inside the window.
   with pytest.raises(errors.NonFiniteLossError, match="training loss became nan") as info:
     loop.train_and_evaluate(config, str(tmp_path))
+  # The trace of the steps up to the error is written, and the profiler is free again.
+  assert glob.glob(str(tmp_path / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+  jax.profiler.start_trace(str(tmp_path / "again"))  # Raises while a trace is running.
+  jax.profiler.stop_trace()
   steps = checkpointing.steps_of(os.path.join(tmp_path, "checkpoints"))
   message = str(info.value)
   if steps:
@@ -77,6 +84,7 @@ def test_outputs_are_written_and_an_incompatible_config_is_refused(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   config = training_helpers.tiny_copy_config(num_train_steps=400)
   config.training.checkpoint_every_steps = 1000
+  config.training.profile_steps = "3,1000"  # Stopped inside the window: the trace is kept.
   metrics_path = tmp_path / "metrics.jsonl"
 
   def send_sigterm_once_training():
@@ -99,6 +107,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   # The checkpoint holds the step it stopped at; the SIGKILL test in tests/test_train_cli.py
   # shows that restarting resumes exactly.
   assert checkpointing.steps_of(str(tmp_path / "checkpoints")) == [stopped_at]
+  assert glob.glob(str(tmp_path / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
 
 def test_early_stopping_stops_after_patience_evaluations_and_stays_stopped(tmp_path):

@@ -20,6 +20,7 @@ import training_helpers
 from transformer import checkpointing
 from transformer import data as data_lib
 from transformer import metrics
+from transformer import provenance
 from transformer import translate
 from transformer.training import inference
 from transformer.training import loop
@@ -100,6 +101,25 @@ def test_rerun_with_changed_optimizer_restores_and_records_the_change(run_copy, 
   assert history[0]["config"]["optimizer"]["grad_clip_norm"] == 0.0
   saved = json.loads(open(os.path.join(run_copy, "config.json")).read())
   assert saved["optimizer"]["grad_clip_norm"] == 1.0
+
+
+def test_a_rerun_in_another_environment_is_recorded_in_the_config_history(run_copy,
+                                                                          monkeypatch):
+  path = os.path.join(run_copy, "config_history.jsonl")
+  first = _lines(path)
+  assert [entry["from_step"] for entry in first] == [0]
+  assert first[0]["environment"] == provenance.environment()
+  loop.train_and_evaluate(_config(), run_copy)  # Same config, same machine: nothing to add.
+  assert _lines(path) == first
+  moved = json.loads(json.dumps(provenance.environment()))
+  moved["devices"]["device_count"] *= 2
+  moved["packages"]["jax"] = "0.0.1"
+  monkeypatch.setattr(provenance, "environment", lambda: moved)
+  summary = loop.train_and_evaluate(_config(num_train_steps=20), run_copy)
+  history = _lines(path)
+  assert [entry["from_step"] for entry in history] == [0, 15]
+  assert history[1]["environment"] == moved == summary["environment"]
+  assert json.load(open(os.path.join(run_copy, "summary.json")))["environment"] == moved
 
 
 def test_a_changed_number_of_data_workers_continues_at_the_same_batch(finished_run, caplog):

@@ -6,10 +6,10 @@ Batches follow the flax wmt packed-example convention (see `transformer/data/__i
 from collections.abc import Iterator
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
-import tempfile
 import threading
 
 from absl import flags
@@ -17,6 +17,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from transformer import storage
 from transformer.data import batching
 from transformer.data import config as config_lib
 from transformer.data import layouts
@@ -91,14 +92,14 @@ def get_tokenizer(config: config_lib.DataConfig, workdir: str | os.PathLike, *,
   if config.dataset.startswith("synthetic/"):
     return tokenizer_lib.SyntheticTokenizer(config.synthetic_vocab)
   marian_dir = os.path.join(workdir, tokenizer_lib.MARIAN_DIR)
-  if os.path.isdir(marian_dir):  # A model imported by `python -m transformer.convert`.
+  if storage.isdir(marian_dir):  # A model imported by `python -m transformer.convert`.
     tokenizer = tokenizer_lib.MarianTokenizer.load(marian_dir)
     if tokenizer.vocab_size != config.vocab_size:
       raise ValueError(f"{marian_dir} has vocab_size={tokenizer.vocab_size} but the config asks "
                        f"for {config.vocab_size}; use the imported workdir's config.json.")
     return tokenizer
   path = os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(path):
+  if storage.exists(path):
     tokenizer = tokenizer_lib.SentencePieceTokenizer.load(path)
     if tokenizer.vocab_size != config.vocab_size:
       raise ValueError(f"{path} has vocab_size={tokenizer.vocab_size} but the config asks for "
@@ -149,16 +150,13 @@ def _cached_lengths(examples: sources.Examples, tokenizer: tokenizer_lib.Tokeniz
                                                                   len(examples)))
   digest = hashlib.sha256(json.dumps(
     [list(key), tokenizer.fingerprint(), len(examples), examples.get(probe)]).encode())
-  path = os.path.join(cache_dir, f"lengths-{digest.hexdigest()[:20]}.npy")
-  if os.path.exists(path):
-    return np.load(path)
+  path = os.path.join(os.fspath(cache_dir), f"lengths-{digest.hexdigest()[:20]}.npy")
+  if storage.exists(path):
+    return np.load(io.BytesIO(storage.read_bytes(path)))
   lengths = _lengths(examples, tokenizer)
-  os.makedirs(cache_dir, exist_ok=True)
-  # Write then rename: another process may read the cache at the same time.
-  fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy")
-  with os.fdopen(fd, "wb") as f:
-    np.save(f, lengths)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.save(buffer, lengths)
+  storage.write_atomic(path, buffer.getvalue())  # Another process may read it at the same time.
   return lengths
 
 

@@ -9,11 +9,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 
 import numpy as np
 
 import sentencepiece as spm
+
+from transformer import storage
 
 PAD_ID = 0
 UNK_ID = 1
@@ -89,9 +90,8 @@ class SentencePieceTokenizer(Tokenizer):
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
-    """Loads a model file written by `train_sentencepiece`."""
-    with open(path, "rb") as f:
-      return cls(f.read())
+    """Loads a model file written by `train_sentencepiece` (a local path or gs://)."""
+    return cls(storage.read_bytes(os.fspath(path)))
 
   def __getstate__(self):
     return {"proto": self._proto}
@@ -176,12 +176,8 @@ def train_sentencepiece(texts: Iterator[str], path: str | os.PathLike, vocab_siz
   except RuntimeError as e:
     raise ValueError(f"SentencePiece training with vocab_size={vocab_size} failed: {e}") from e
   tokenizer = SentencePieceTokenizer(model.getvalue())
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # Write then rename, so that a concurrent reader (another process) never sees half a file.
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, path)
+  # Whole or not at all, so that a concurrent reader (another process) never sees half a file.
+  storage.write_atomic(os.fspath(path), model.getvalue())
   return tokenizer
 
 
@@ -264,10 +260,9 @@ class MarianTokenizer(Tokenizer):
       names.append("target_vocab.json")
     for name in names:
       path = os.path.join(directory, name)
-      if not os.path.exists(path):
+      if not storage.exists(path):
         raise ValueError(f"{directory} is not a Marian model directory: it has no {name}")
-      with open(path, "rb") as f:
-        files[name] = f.read()
+      files[name] = storage.read_bytes(path)
     vocab = json.loads(files.get("target_vocab.json", files["vocab.json"]))
     pieces = {m: p for p, m in vocab.items()}
     info = dict(pad_id=pad_id, unk_id=unk_id, eos_id=eos_id,
@@ -281,20 +276,17 @@ class MarianTokenizer(Tokenizer):
   @classmethod
   def load(cls, directory: str | os.PathLike) -> "MarianTokenizer":
     """Loads a directory written by `save`."""
-    files = {}
-    for name in sorted(os.listdir(directory)):
-      with open(os.path.join(directory, name), "rb") as f:
-        files[name] = f.read()
+    directory = os.fspath(directory)
+    files = {name: storage.read_bytes(os.path.join(directory, name))
+             for name in storage.listdir(directory)}
     if _MARIAN_IDS_FILE not in files:
       raise ValueError(f"{directory} has no {_MARIAN_IDS_FILE}: not written by MarianTokenizer")
     return cls(files)
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes the tokenizer files into `directory` (created)."""
-    os.makedirs(directory, exist_ok=True)
     for name, data in self._files.items():
-      with open(os.path.join(directory, name), "wb") as f:
-        f.write(data)
+      storage.write_atomic(os.path.join(os.fspath(directory), name), data)
 
   def __getstate__(self):
     return {"files": self._files}

@@ -3,6 +3,8 @@
 import math
 import os
 
+from transformer import storage
+
 # Exit statuses of train.py, translate and evaluate (see README, "What survives what").
 EXIT_FAILED = 1  # An error: the message says what and what is intact.
 EXIT_USAGE = 2  # A bad flag, config or workdir: nothing was written.
@@ -25,7 +27,8 @@ class NonFiniteLossError(TrainingError, FloatingPointError):
 def interrupted_message(workdir: str) -> str:
   """What train.py prints when a second Ctrl-C stops it at once."""
   return ("error: interrupted again: stopped at once without saving; the checkpoints already in "
-          f"{os.path.abspath(workdir)}/checkpoints are intact. Rerun the same command to resume.")
+          f"{workdir if storage.is_remote(workdir) else os.path.abspath(workdir)}/checkpoints "
+          "are intact. Rerun the same command to resume.")
 
 
 def non_finite_loss(loss: float, grad_norm: float, *, first_step: int, step: int,

@@ -17,6 +17,7 @@ from transformer import decoding
 from transformer import distributed
 from transformer import metrics as metrics_lib
 from transformer import sharding
+from transformer import storage
 from transformer.training import builder
 from transformer.training import state as state_lib
 
@@ -46,7 +47,7 @@ def evaluate_split(
     tokenizer: data_lib.Tokenizer | None = None,
     num_examples: int = 0,
     output_path: str | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[str]]:
   """Loss, accuracy and perplexity of a split and, given a translator, BLEU of its translations.
 
   Args:
@@ -60,17 +61,26 @@ def evaluate_split(
     output_path: where the translations are written (process 0), if given.
 
   Returns:
-    {prefix/loss, prefix/accuracy, prefix/perplexity, prefix/tokens} plus, with a translator,
-    prefix/bleu, prefix/bleu_lowercase and prefix/bleu_seconds.
+    ({prefix/loss, prefix/accuracy, prefix/perplexity, prefix/tokens} plus, with a translator,
+    prefix/bleu, prefix/bleu_lowercase and prefix/bleu_seconds; the detokenized translations of
+    the leading examples in example order, [] without a translator).
   """
   results = evaluate_loss(setup, state, dataset, prefix=prefix)
+  hypotheses = []
   if translator is not None:
     start = time.perf_counter()
-    scores, _ = evaluate_bleu(translator, state, dataset, tokenizer, num_examples=num_examples,
-                              output_path=output_path)
+    scores, hypotheses = evaluate_bleu(translator, state, dataset, tokenizer,
+                                       num_examples=num_examples, output_path=output_path)
     results.update({f"{prefix}/{name}": value for name, value in scores.items()})
     results[f"{prefix}/bleu_seconds"] = time.perf_counter() - start
-  return results
+  return results, hypotheses
+
+
+def translation_samples(dataset: data_lib.EvalDataset, hypotheses: list[str],
+                        count: int) -> list[tuple[str, str, str]]:
+  """(source, reference, hypothesis) of the first `count` examples that have a translation."""
+  count = min(count, len(hypotheses))
+  return list(zip(dataset.sources[:count], dataset.references[:count], hypotheses[:count]))
 
 
 def predict_step(
@@ -210,9 +220,7 @@ def evaluate_bleu(
       "bleu_lowercase": metrics_lib.compute_bleu(hypotheses, references, lowercase=True),
   }
   if output_path is not None and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(output_path), exist_ok=True)
-    with open(output_path, "w", encoding="utf-8") as f:
-      f.writelines(h.replace("\n", " ") + "\n" for h in hypotheses)
+    storage.write_atomic(output_path, "".join(h.replace("\n", " ") + "\n" for h in hypotheses))
   return scores, hypotheses
 
 
@@ -240,8 +248,8 @@ def evaluate_test(run, checkpointer, state, step: int, *, split: str, average_la
   if k > 1:
     state, averaged = checkpointer.average_last_k(k, run.setup.abstract_state_with_shardings())
   path = os.path.join(run.workdir, "hypotheses", f"{split}_step{step}.txt")
-  results = evaluate_split(run.setup, state, run.eval_dataset(split), prefix="test",
-                           translator=translator, tokenizer=run.tokenizer, output_path=path)
+  results, _ = evaluate_split(run.setup, state, run.eval_dataset(split), prefix="test",
+                              translator=translator, tokenizer=run.tokenizer, output_path=path)
   out = {"test_averaged_steps": averaged}
   if translator is not None:
     out["test_hypotheses"] = path

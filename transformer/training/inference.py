@@ -16,6 +16,7 @@ from absl import logging
 
 from transformer import checkpointing
 from transformer import metrics as metrics_lib
+from transformer import storage
 from transformer.training import errors
 from transformer.training import evaluation
 from transformer.training import run_config
@@ -96,7 +97,10 @@ def load_run(workdir: str, *, step: int | None = None, average_last_k: int = 1) 
     errors.UsageError: bad arguments.
     errors.TrainingError: no run, no checkpoint or no readable checkpoint in `workdir`.
   """
-  workdir = os.path.abspath(workdir)
+  try:
+    workdir = storage.normalize(workdir)
+  except ValueError as e:
+    raise errors.UsageError(str(e)) from e
   if average_last_k < 1:
     raise errors.UsageError(f"average_last_k must be >= 1, got {average_last_k}")
   if step is not None and average_last_k > 1:
@@ -139,10 +143,8 @@ def hypotheses_path(loaded: LoadedRun, name: str, *, beam_size: int,
 
 
 def write_lines(path: str, lines: list[str]) -> None:
-  """Writes one line per entry (newlines inside an entry become spaces)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(line.replace("\n", " ") + "\n" for line in lines)
+  """Writes one line per entry (newlines inside an entry become spaces); local or gs://."""
+  storage.write_atomic(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
 
 
 def evaluate_run(loaded: LoadedRun, split: str, *, beam_size: int | None = None,

@@ -2,12 +2,14 @@
 (Vaswani et al., 2017): wiring and cadence only; the work happens in the modules it calls.
 
 A run directory holds config.json, config_history.jsonl, sentencepiece.model, checkpoints/,
-metrics.jsonl, tensorboard/, hypotheses/ and summary.json. Rerunning with the same workdir
-resumes. Nothing is written before the config, the workdir and the data are checked and the
+metrics.jsonl, tensorboard/ (scalars, the config, sample translations, profiles), hypotheses/ and
+summary.json (and wandb/, wandb_run_id with training.wandb_project). Rerunning with the same
+workdir resumes. Nothing is written before the config, the workdir and the data are checked and the
 checkpoint is restored. Only train.py and notebooks import this module.
 """
 
 import dataclasses
+import importlib.util
 import math
 import os
 import time
@@ -20,10 +22,13 @@ from transformer import checkpointing
 from transformer import distributed
 from transformer import metrics as metrics_lib
 from transformer import model as model_lib
+from transformer import provenance
 from transformer import sharding
+from transformer import storage
 from transformer.training import errors
 from transformer.training import evaluation
 from transformer.training import optimizers
+from transformer.training import profiling
 from transformer.training import resume
 from transformer.training import run_config
 from transformer.training import runs
@@ -44,6 +49,20 @@ def _is_due(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
 
+def _batch_shape(batch: dict) -> tuple:
+  """The array shapes of a host batch: the jitted train step compiles once for each."""
+  return tuple(sorted((key, value.shape) for key, value in batch.items()))
+
+
+def _check_wandb(project: str) -> None:
+  """Refuses a W&B project when wandb is not installed (raises errors.UsageError)."""
+  if project and importlib.util.find_spec("wandb") is None:
+    raise errors.UsageError(
+        f"training.wandb_project={project!r} logs to Weights & Biases, which needs the wandb "
+        "package on every host: pip install wandb (or set training.wandb_project='' to log to "
+        "TensorBoard and metrics.jsonl only)")
+
+
 class _Run:
   """State of one call of `train_and_evaluate` (kept out of module globals)."""
 
@@ -58,11 +77,13 @@ class _Run:
         workdir)
     self.cfg = run_config.parse_config(self.config_dict)
     self.training = self.cfg.training
-    self.workdir = os.path.abspath(workdir)
+    _check_wandb(self.training.wandb_project)
+    self.workdir = storage.normalize(workdir)
     self.exit_on_second_interrupt = exit_on_second_interrupt
     self.is_main = distributed.is_main_process()
     self.writer = None  # Set by build().
     self.checkpointer = None  # Set by build().
+    self.profiler = None  # Set by train().
 
   def _checkpointer(self, **kwargs) -> checkpointing.Checkpointer:
     return checkpointing.Checkpointer(
@@ -109,6 +130,20 @@ class _Run:
     self.best, self.evals_since_best = resume.best_so_far(
         self.writer.jsonl_path, self.training.best_metric, self.start_step)
 
+  def _start_logging(self) -> None:
+    """The W&B run (process 0, with training.wandb_project), and this start's config as
+    TensorBoard text and hparams."""
+    project = self.training.wandb_project
+    if self.is_main and project:
+      try:
+        wandb_run = metrics_lib.start_wandb_run(project, self.workdir, self.config_dict)
+      except RuntimeError as e:
+        raise errors.TrainingError(str(e)) from e
+      self.writer.attach_wandb(wandb_run)
+    metrics = ["train/loss", "eval/loss", "eval/accuracy", "eval/perplexity"]
+    self.writer.write_config(self.start_step, self.config_dict,
+                             metrics=metrics + (["eval/bleu"] if self.translator else []))
+
   def _build_inputs(self):
     """Run setup (tokenizer, model, jitted steps) and data pipelines; nothing is written but
     the tokenizer of a new run."""
@@ -144,9 +179,10 @@ class _Run:
                                  last_good_step=self.last_good_step,
                                  checkpoints=self.checkpointer.directory)
 
-  def _evaluate(self, step: int, with_bleu: bool) -> dict[str, float]:
-    """Validation metrics; tracks the best `best_metric` for early stopping."""
-    results = evaluation.evaluate_split(
+  def _evaluate(self, step: int, with_bleu: bool) -> tuple[dict[str, float], list]:
+    """Validation metrics and (with BLEU) sample translations; tracks the best `best_metric`
+    for early stopping."""
+    results, hypotheses = evaluation.evaluate_split(
         self.setup, self.state, self.eval_data, prefix="eval",
         translator=self.translator if with_bleu else None, tokenizer=self.tokenizer,
         num_examples=self.training.bleu_num_examples,
@@ -157,7 +193,9 @@ class _Run:
         self.best, self.evals_since_best = (results[metric], step), 0
       else:
         self.evals_since_best += 1
-    return results
+    samples = evaluation.translation_samples(self.eval_data, hypotheses,
+                                             self.training.num_logged_samples)
+    return results, samples
 
   def _patience_exhausted(self, results: dict | None) -> bool:
     """Whether early stopping ends the run after an evaluation of the best metric."""
@@ -181,12 +219,11 @@ class _Run:
   def _log_train(self, step: int, sums: dict) -> None:
     learning_rate = optimizers.learning_rate_at(self.cfg.optimizer, self.setup.schedule,
                                                 step - 1)
-    now = time.perf_counter()
-    scalars = metrics_lib.train_scalars(sums, learning_rate=learning_rate,
-                                        seconds=now - self.window_start)
-    scalars["train/tokens_per_second"] = self.bar.update(
+    scalars = metrics_lib.train_scalars(sums, learning_rate=learning_rate)
+    # Throughput of the steps since the last log that did not compile, evaluations and
+    # checkpoint writes left out.
+    scalars["train/steps_per_second"], scalars["train/tokens_per_second"] = self.bar.update(
         step, scalars["train/loss"], learning_rate, scalars.pop("train/tokens"))
-    self.window_start = now
     self.writer.write(step, scalars)
 
   def _after_step(self, step: int, last: int, sums: dict, received: str | None):
@@ -199,14 +236,16 @@ class _Run:
       sums = None
     results = None
     if due.eval or due.bleu:
-      results = self._evaluate(step, with_bleu=due.bleu)
+      results, samples = self._evaluate(step, with_bleu=due.bleu)
       self.writer.write(step, results)
+      self.writer.write_samples(step, samples)
       self.bar.write(f"step {step}: " + ", ".join(
           f"{k.split('/')[-1]} {v:.4g}" for k, v in results.items()
           if not k.endswith("seconds") and not k.endswith("tokens")))
-      self.window_start = self.bar.reset_clock()  # Throughput covers training only.
+      self.bar.reset_clock()  # Throughput covers training only.
     if due.save or received:
       self._save(step, results if results and self.training.best_metric in results else None)
+      self.bar.reset_clock()
     if received:
       return sums, received
     if self._patience_exhausted(results):
@@ -214,6 +253,16 @@ class _Run:
         self._save(step, results)
       return sums, "early_stopping"
     return sums, None
+
+  def _next_batch(self, shapes: set) -> dict:
+    """The next global batch; the first of each shape (added to `shapes`) compiles the train
+    step, which the progress bar shows and leaves out of its rates."""
+    host_batch = next(self.train_iter)
+    shape = _batch_shape(host_batch)
+    if shape not in shapes:
+      shapes.add(shape)
+      self.bar.compiling(len(shapes))
+    return sharding.make_global_batch(host_batch, self.setup.mesh)
 
   def train(self) -> dict:
     """The step loop; returns the summary."""
@@ -226,23 +275,32 @@ class _Run:
       if self.is_main:
         resume.print_summary(finished)
       return finished
+    self._start_logging()
     self.bar = metrics_lib.ProgressBar(step, last, enabled=self.is_main)
-    self.verified_step, self.window_start, sums = step, start_time, None
+    self.profiler = profiling.StepProfiler(
+        self.training.profile_window,
+        profiling.trace_dir(self.writer.tensorboard_dir, jax.process_index()))
+    self.verified_step, sums = step, None
+    shapes = set()  # Batch shapes the train step has been compiled for in this process.
     exit_message = (errors.interrupted_message(self.workdir)
                     if self.exit_on_second_interrupt else None)
     try:
       with signals.StopSignal(multiprocess=jax.process_count() > 1,
                               exit_message=exit_message) as stop:
         while step < last and stopped_by is None:
-          batch = sharding.make_global_batch(next(self.train_iter), self.setup.mesh)
-          self.state, step_metrics = self.setup.train_step(self.state, batch)
-          distributed.wait_on_cpu(step_metrics)
+          self.profiler.before_step(step + 1)
+          with self.profiler.step_annotation(step + 1):
+            batch = self._next_batch(shapes)
+            self.state, step_metrics = self.setup.train_step(self.state, batch)
+            distributed.wait_on_cpu(step_metrics)
           sums = metrics_lib.accumulate(sums, step_metrics)
           step += 1
+          self.profiler.after_step(step, (self.state, step_metrics))
           self.bar.advance(step)
           sums, stopped_by = self._after_step(step, last, sums, stop.poll(step))
     finally:
       self.bar.close()
+    self.profiler.stop()  # A window past the last step, or a run stopped inside the window.
     self.checkpointer.wait()
     return self._finish(step, time.perf_counter() - start_time, stopped_by)
 
@@ -264,6 +322,7 @@ class _Run:
         "checkpoint_steps": self.checkpointer.all_steps(),
         "metrics_jsonl": self.writer.jsonl_path,
         "tensorboard": self.writer.tensorboard_dir,
+        "environment": provenance.environment(),
     }
     if stopped_by in (None, "early_stopping") and self.training.test_split:
       summary.update(self._test(step))
@@ -280,14 +339,18 @@ class _Run:
     self.writer.write(step, results)
     return out | results
 
-  def close(self) -> None:
-    """Waits for pending checkpoint writes and closes files (also after an error; a failure
-    to close, e.g. on a full disk, is logged, not raised over the error that ended the run)."""
-    for closeable in (self.writer, self.checkpointer):
+  def close(self, failed: bool = False) -> None:
+    """Stops a running profile, waits for pending checkpoint writes and closes files (also
+    after an error, when `failed` marks the W&B run failed; a failure to close, e.g. on a full
+    disk, is logged, not raised over the error that ended the run)."""
+    closers = [(self.profiler, lambda p: p.stop()),
+               (self.writer, lambda w: w.close(exit_code=1 if failed else 0)),
+               (self.checkpointer, lambda c: c.close())]
+    for closeable, close in closers:
       if closeable is None:
         continue
       try:
-        closeable.close()
+        close(closeable)
       except Exception as e:  # Already failing: report, do not mask.
         logging.error("Closing %s failed: %s", type(closeable).__name__, e)
 
@@ -314,10 +377,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str, *
       such as a full disk (the message says what to do and which checkpoint is intact).
   """
   run = _Run(config, workdir, exit_on_second_interrupt=exit_on_second_interrupt)
+  failed = True
   try:
     run.build()
-    return run.train()
+    summary = run.train()
+    failed = False
+    return summary
   except OSError as e:
     raise resume.write_failure(e, run.workdir, run.checkpointer) from e
   finally:
-    run.close()
+    run.close(failed=failed)

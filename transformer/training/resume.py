@@ -18,6 +18,8 @@ from transformer import checkpointing
 from transformer import data as data_lib
 from transformer import distributed
 from transformer import metrics as metrics_lib
+from transformer import provenance
+from transformer import storage
 from transformer.training import errors
 from transformer.training import optimizers
 from transformer.training import run_config
@@ -86,8 +88,7 @@ def check_compatible(saved_config: Mapping, current_config: Mapping, workdir: st
 def _is_run_config(path: str) -> bool:
   """Whether `path` is a config.json written by train.py (a JSON object of the six sections)."""
   try:
-    with open(path, encoding="utf-8") as f:
-      config = json.load(f)
+    config = json.loads(storage.read_text(path))
   except (OSError, ValueError):
     return False
   return isinstance(config, dict) and set(config) == set(CONFIG_SECTIONS)
@@ -102,28 +103,27 @@ def _nearest_existing(path: str) -> str:
 def check_workdir(workdir: str) -> None:
   """Refuses a workdir that train.py must not write into.
 
+  A `gs://bucket/dir` workdir is checked the same way, except for write permission (Cloud
+  Storage tells that only by writing).
+
   Raises:
-    ValueError: `workdir` is a URL or a file, cannot be written, or is a non-empty directory
-      that holds no train.py run (the files of a user are never overwritten).
+    ValueError: `workdir` is a file, an unsupported URL, cannot be written, or is a non-empty
+      directory that holds no train.py run (the files of a user are never overwritten).
   """
-  if "://" in workdir:
-    raise ValueError(
-        f"workdir {workdir!r} is a URL; the workdir must be a directory path. For a "
-        "multi-host run, use a filesystem that every host mounts (NFS, Filestore, or a "
-        "Cloud Storage bucket through gcsfuse, e.g. /mnt/bucket/run).")
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  workdir = storage.normalize(workdir)
+  if storage.isfile(workdir):
     raise ValueError(f"--workdir {workdir} is a file, not a directory")
-  existing = _nearest_existing(workdir)
-  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir {workdir} cannot be written ({existing} is read-only or not a "
-                     "directory)")
-  if not os.path.isdir(workdir):
+  if not storage.is_remote(workdir):
+    existing = _nearest_existing(workdir)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+      raise ValueError(f"--workdir {workdir} cannot be written ({existing} is read-only or not "
+                       "a directory)")
+  if not storage.isdir(workdir):
     return
-  if (os.path.isdir(os.path.join(workdir, "checkpoints"))
+  if (storage.isdir(os.path.join(workdir, "checkpoints"))
       or _is_run_config(os.path.join(workdir, "config.json"))):
     return
-  foreign = [name for name in sorted(os.listdir(workdir)) if name not in _LEFTOVERS
+  foreign = [name for name in storage.listdir(workdir) if name not in _LEFTOVERS
              and not name.endswith(".tmp") and not fnmatch.fnmatch(name, "lengths-*.npy")]
   if foreign:
     raise ValueError(
@@ -146,13 +146,26 @@ def config_changes(saved: Mapping, current: Mapping) -> dict[str, list]:
           if old.get(name) != new.get(name)}
 
 
+def _last_environment(history_path: str) -> dict | None:
+  """The environment of the last entry of a config history (None: no history, or none)."""
+  if not storage.exists(history_path):
+    return None
+  lines = storage.read_text(history_path).splitlines()
+  try:
+    return json.loads(lines[-1]).get("environment") if lines else None
+  except ValueError:  # A torn last line.
+    return None
+
+
 def record_config(workdir: str, config: Mapping, *, step: int, saved: Mapping | None) -> dict:
   """Writes config.json and, when the config is new or changed, a line of config_history.jsonl.
 
   Each changed field is logged ("optimizer.learning_rate 0.0031 -> 0.001 from step 6000"). The
-  history keeps every config a run has used: {"from_step", "time", "changes", "config"} per
-  line (a run from before the history existed first gets its saved config, from_step null).
-  Call on process 0 only, after the run was restored.
+  history keeps every config a run has used and every environment it ran in: {"from_step",
+  "time", "changes", "config", "environment" (`provenance.environment()`: versions, devices,
+  git commit)} per line, added when the config or the environment differs from the last line
+  (a run from before the history existed first gets its saved config, from_step null). Call on
+  process 0 only, after the run was restored.
 
   Returns:
     The changes, as `config_changes` (empty for a new run or an unchanged config).
@@ -162,15 +175,15 @@ def record_config(workdir: str, config: Mapping, *, step: int, saved: Mapping | 
     logging.warning("Config change: %s %r -> %r from step %d.", name, old, new, step)
   path = os.path.join(workdir, CONFIG_HISTORY)
   entries = []
-  if saved is not None and not os.path.exists(path):
+  if saved is not None and not storage.exists(path):
     entries.append({"from_step": None, "time": None, "changes": {}, "config": dict(saved)})
-  if saved is None or changes:
+  environment = provenance.environment()
+  if saved is None or changes or environment != _last_environment(path):
     entries.append({"from_step": step,
                     "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    "changes": changes, "config": dict(config)})
+                    "changes": changes, "config": dict(config), "environment": environment})
   if entries:
-    with open(path, "a", encoding="utf-8") as f:
-      f.writelines(json.dumps(entry, sort_keys=True) + "\n" for entry in entries)
+    storage.append(path, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries))
   checkpointing.write_config_json(workdir, config)
   return changes
 
@@ -242,8 +255,7 @@ def carry_over_opt_state(saved, fresh) -> tuple[object, list[str], list[str]]:
 def finished_summary(workdir: str, step: int) -> dict | None:
   """The summary.json of a run that finished (or stopped early) at `step`, or None."""
   try:
-    with open(os.path.join(workdir, SUMMARY), encoding="utf-8") as f:
-      summary = json.load(f)
+    summary = json.loads(storage.read_text(os.path.join(workdir, SUMMARY)))
   except (OSError, ValueError):
     return None
   if (isinstance(summary, dict) and summary.get("final_step") == step
@@ -287,17 +299,17 @@ def refuse_params_only(workdir: str) -> None:
   Raises:
     errors.UsageError: naming the run the parameters were averaged from.
   """
-  path = os.path.join(os.path.abspath(workdir), AVERAGED_FROM)
-  if not os.path.exists(path):
+  workdir = storage.normalize(workdir)
+  path = os.path.join(workdir, AVERAGED_FROM)
+  if not storage.exists(path):
     return
   try:
-    with open(path, encoding="utf-8") as f:
-      source = json.load(f).get("workdir")
+    source = json.loads(storage.read_text(path)).get("workdir")
   except (OSError, ValueError, AttributeError):
     source = None
   where = f"continue the source run {source}" if source else "continue the source run"
   raise errors.UsageError(
-      f"{os.path.abspath(workdir)} holds averaged parameters only (written by python -m "
+      f"{workdir} holds averaged parameters only (written by python -m "
       f"transformer.average); it cannot be trained further (it has no optimizer state). "
       f"Translate or evaluate it, {where}, or use a new --workdir.")
 
@@ -306,9 +318,10 @@ def adopt_imported_model(config_dict: dict, workdir: str) -> dict:
   """For a workdir written by `python -m transformer.convert --from_hf`, the model section and
   vocabulary size of its config.json replace the requested ones (the other sections, the data
   included, come from --config): fine-tuning keeps the imported model's shape."""
-  if not os.path.isdir(os.path.join(str(workdir), data_lib.tokenizer.MARIAN_DIR)):
+  workdir = storage.normalize(workdir)
+  if not storage.isdir(os.path.join(workdir, data_lib.tokenizer.MARIAN_DIR)):
     return config_dict
-  saved = checkpointing.read_config_json(os.path.abspath(workdir))
+  saved = checkpointing.read_config_json(workdir)
   if saved is None:
     return config_dict
   differing = sorted(k for k in set(config_dict["model"]) | set(saved["model"])
@@ -330,7 +343,7 @@ def best_so_far(jsonl_path: str, metric: str,
   Returns:
     ((value, step) of the best record or None, number of later records of `metric`).
   """
-  if not os.path.exists(jsonl_path):
+  if not storage.exists(jsonl_path):
     return None, 0
   values = {}  # By step: a record written twice (before supersession existed) counts once.
   for record in metrics_lib.read_jsonl(jsonl_path):
@@ -428,7 +441,7 @@ def check_shared_workdir(workdir: str) -> None:
   if jax.process_count() == 1:
     return
   distributed.barrier("config_json_written")
-  sees = distributed.gather_from_all(os.path.exists(os.path.join(workdir, "config.json")))
+  sees = distributed.gather_from_all(storage.exists(os.path.join(workdir, "config.json")))
   blind = [i for i, seen in enumerate(sees) if not seen]
   if blind:
     raise errors.TrainingError(
@@ -456,10 +469,7 @@ def stopped_or_finished(workdir: str, step: int, last: int, *, patience: int,
 
 def write_summary(workdir: str, summary: dict) -> None:
   """Writes summary.json atomically and prints the summary (call on process 0)."""
-  path = os.path.join(workdir, SUMMARY)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
+  storage.write_atomic(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2))
   print_summary(summary)
 
 

@@ -23,6 +23,29 @@ from transformer.training import tasks
 CONFIG_SECTIONS = ("model", "data", "optimizer", "training", "mesh", "decoding")
 
 
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+  """The steps of `training.profile_steps`: "START,COUNT" -> (START, START + COUNT - 1).
+
+  Raises:
+    ValueError: naming the field and the expected form (also for a START or COUNT below 1).
+  """
+  if not isinstance(text, str):
+    raise ValueError(f"training.profile_steps must be a string 'START,COUNT', got {text!r}")
+  if not text.strip():
+    return None
+  parts = text.split(",")
+  try:
+    start, count = (int(p) for p in parts)
+  except ValueError:
+    start = count = None
+  if start is None or start < 1 or count < 1:
+    raise ValueError(
+        "training.profile_steps must be 'START,COUNT' with integers START >= 1 (the global step "
+        "number of the first traced step, as in metrics.jsonl) and COUNT >= 1, e.g. '20,5'; or "
+        f"'' for no trace. Got {text!r}")
+  return start, start + count - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
   """Fields are exactly the keys of `config.training` (see configs/default.py)."""
@@ -43,14 +66,28 @@ class TrainingConfig:
   async_checkpointing: bool = True  # Background checkpoint writes.
   average_last_k: int = 1  # Final test evaluation averages the last k checkpoints.
   test_split: str = "test"  # Split of the final evaluation; "" skips it.
+  # "START,COUNT": a jax.profiler trace of steps START..START+COUNT-1 (global step numbers, as
+  # in metrics.jsonl) written to tensorboard/ (the Profile tab); "" = no trace.
+  profile_steps: str = ""
+  num_logged_samples: int = 4  # Validation translations shown (TensorBoard text, W&B table) at
+  # each BLEU evaluation; 0 = none.
+  wandb_project: str = ""  # Also log to this Weights & Biases project (pip install wandb); "" =
+  # TensorBoard and metrics.jsonl only.
+
+  @property
+  def profile_window(self) -> tuple[int, int] | None:
+    """(first, last) step of `profile_steps`, both included; None when it is ""."""
+    return parse_profile_steps(self.profile_steps)
 
   def __post_init__(self):
     tasks.get_task(self.task)
+    parse_profile_steps(self.profile_steps)  # A malformed value fails here, at parse time.
     for name in ("num_train_steps", "log_every_steps", "eval_every_steps",
                  "checkpoint_every_steps", "max_checkpoints_to_keep", "average_last_k"):
       if getattr(self, name) < 1:
         raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("bleu_every_steps", "bleu_num_examples", "early_stopping_patience"):
+    for name in ("bleu_every_steps", "bleu_num_examples", "early_stopping_patience",
+                 "num_logged_samples"):
       if getattr(self, name) < 0:
         raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
     if self.average_last_k > self.max_checkpoints_to_keep:

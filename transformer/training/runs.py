@@ -14,6 +14,7 @@ from absl import logging
 from transformer import data as data_lib
 from transformer import distributed
 from transformer import sharding
+from transformer import storage
 from transformer.training import builder
 from transformer.training import errors
 from transformer.training import evaluation
@@ -101,8 +102,8 @@ def load_tokenizer(cfg: run_config.RunConfig, workdir: str) -> data_lib.Tokenize
     errors.TrainingError: the workdir has no tokenizer.
   """
   if (not cfg.data.dataset.startswith("synthetic/")
-      and not os.path.exists(os.path.join(workdir, data_lib.TOKENIZER_FILE))
-      and not os.path.isdir(os.path.join(workdir, data_lib.tokenizer.MARIAN_DIR))):
+      and not storage.exists(os.path.join(workdir, data_lib.TOKENIZER_FILE))
+      and not storage.isdir(os.path.join(workdir, data_lib.tokenizer.MARIAN_DIR))):
     raise errors.TrainingError(f"{workdir} has no {data_lib.TOKENIZER_FILE}: the run's "
                                "vocabulary is missing")
   try:
@@ -138,7 +139,7 @@ def setup_run(cfg: run_config.RunConfig, workdir: str, *, training: bool,
     errors.UsageError: the mesh does not fit the devices.
     errors.TrainingError: the tokenizer cannot be built or loaded.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = storage.normalize(workdir)
   if mesh is None:
     mesh = make_mesh(cfg.mesh if training else sharding.MeshConfig())
   task = cfg.task

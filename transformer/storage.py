@@ -171,14 +171,6 @@ def move(source: str, target: str) -> None:
   shutil.move(source, target)
 
 
-def remove(path: str) -> None:
-  """Deletes a file (nothing if it does not exist)."""
-  if is_remote(path):
-    _epath(path).unlink(missing_ok=True)
-  elif os.path.exists(path):
-    os.remove(path)
-
-
 def remove_tree(path: str) -> None:
   """Deletes a directory tree (nothing if it does not exist)."""
   if is_remote(path):

@@ -12,7 +12,7 @@ follows them where our code can:
 | layers, width, feed-forward, heads | 4 + 4, 128, 256, 4; post-LN | the same |
 | embeddings | one joined vocabulary, all embeddings shared | shared SentencePiece 4,000 |
 | dropout, label smoothing | 0.3, 0.1 | the same |
-| Adam, schedule | lr 0.005, 2,000 warm-up updates, inverse square root | `rsqrt` scaled to peak at 0.005 at step 2,000 (factor 0.005 * sqrt(128 * 2000) = 2.53) |
+| Adam, schedule | lr 0.005, 2,000 warm-up updates, inverse square root | `rsqrt` scaled to peak at 0.0025 at step 2,000 (factor 0.0025 * sqrt(128 * 2000) = 1.26): at 0.005 every cross-attention head stayed uniform and BLEU stalled at 11.5 (README) |
 | batch | 4,096 tokens on each of 2 GPUs (8,192 per update) | 8,192 tokens per side |
 | updates | 8,000 at most, early stopping after 10 epochs without improvement | 8,000; BLEU every 500 steps, patience 4 |
 | checkpoint averaging | the last 10 epoch checkpoints (about 46 updates an epoch) | the last 10 checkpoints, every 50 steps |
@@ -22,6 +22,12 @@ follows them where our code can:
 The last row means the two scores are not the same measurement: a tokenized BLEU of the
 preprocessed Multi30k corpus is not sacreBLEU of detokenized text; expect them to differ by
 up to a point either way.
+
+Measured on 2 CPU cores (1.0 step/s, about 2.3 hours): 39.24 lowercased / 38.87 cased test2016
+BLEU with the last 10 checkpoints averaged (validation 40.11 / 39.97), still rising slowly at
+step 8,000:
+
+  python -m transformer.evaluate --workdir=runs/en_de_tiny --split=test --average_last_k=10
 """
 
 from configs import multi30k
@@ -42,8 +48,9 @@ def get_config():
 
   config.optimizer.schedule = "rsqrt"
   config.optimizer.warmup_steps = 2000
-  # Peak rate 0.005 at the end of warm-up: factor * 128^-0.5 * 2000^-0.5 = 0.005.
-  config.optimizer.learning_rate = 0.005 * (128 * 2000) ** 0.5
+  # Peak rate 0.0025 at the end of warm-up: factor * 128^-0.5 * 2000^-0.5 = 0.0025 (half
+  # the paper's 0.005, at which cross-attention never left uniform here).
+  config.optimizer.learning_rate = 0.0025 * (128 * 2000) ** 0.5
 
   config.training.num_train_steps = 8000
   config.training.bleu_every_steps = 500

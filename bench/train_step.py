@@ -4,6 +4,7 @@ accelerator.
 
   python bench/train_step.py                        # CPU: small and base, every peer, 1 round
   python bench/train_step.py --configs=small --rounds=2
+  python bench/train_step.py --cpu_dtype=bfloat16   # CPU in bf16: ours, torch under autocast
   python bench/train_step.py --peers= --ab_roots=before=/tmp/main_before  # A/B of a change
   python bench/train_step.py --device=gpu --manual_dir=runs/multi30k   # GPU: base and big, MFU
   python bench/train_step.py --smoke                # every accelerator code path, tiny, any host
@@ -22,7 +23,11 @@ load above `--max_load` at its start is marked LOADED and left out of the ratios
 
 One step = forward + backward + Adam (beta2 0.98, eps 1e-9), dropout 0.1, label smoothing 0.1,
 shared source/target embedding tied to the output layer, post-LN, ReLU, float32, on random
-unpadded batches; tokens/s = B * (S + T) / median step time (each step synced).
+unpadded batches; tokens/s = B * (S + T) / median step time (each step synced). With
+`--cpu_dtype=bfloat16` every implementation computes in bf16 with float32 parameters (ours:
+`dtype="bfloat16"`; torch: forward and loss under `torch.autocast("cpu", torch.bfloat16)`, the
+backward outside it, as torch's AMP does), the matmul rate is the bf16 one, and the Flax WMT
+peer, whose script computes in float32 only, is skipped with a note.
 - ours: `transformer.training.steps.train_step` through `bench/jax_runner.py`, jitted once with
   the state donated; the worker fails if the step was traced more than once or XLA compiled
   anything during the timed steps.
@@ -96,7 +101,11 @@ _AB_ROOTS = flags.DEFINE_list(
     "checkout DIR (row 'ours@LABEL'), for A/B comparisons of changes; each in its own process.")
 _MAX_LOAD = flags.DEFINE_float("max_load", 1.5, "Highest 1-minute load average to start a worker.")
 _LOAD_WAIT = flags.DEFINE_integer("load_wait", 180, "Seconds to wait for the load to fall.")
-_MATMUL_CPU = flags.DEFINE_integer("matmul_size_cpu", 2048, "CPU: n of the float32 matmul.")
+_MATMUL_CPU = flags.DEFINE_integer("matmul_size_cpu", 2048, "CPU: n of the square matmul.")
+_CPU_DTYPE = flags.DEFINE_enum(
+    "cpu_dtype", "float32", ["float32", "bfloat16"],
+    "CPU: compute dtype of every implementation (bfloat16: ours with float32 parameters, torch "
+    "under autocast; the Flax WMT peer computes in float32 only and is skipped).")
 _JSON = flags.DEFINE_string("json", None, "Also write every row as JSON to this file.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Accelerator: override B (0 = the config's).")
 _MATMUL = flags.DEFINE_integer("matmul_size", 8192, "Accelerator: n of the n^3 bf16 matmul.")
@@ -124,7 +133,8 @@ _REPO_ROOT = os.path.dirname(_BENCH_DIR)
 class TorchRunner:
   """`torch.nn.Transformer` with a shared, sqrt(D)-scaled, tied embedding and sinusoids."""
 
-  def __init__(self, cfg: dict, threads: int):
+  def __init__(self, cfg: dict, threads: int, dtype: str = "float32"):
+    import contextlib  # pylint: disable=g-import-not-at-top
     import math  # pylint: disable=g-import-not-at-top
 
     import torch  # pylint: disable=g-import-not-at-top
@@ -156,6 +166,11 @@ class TorchRunner:
     self.decoder_inputs = torch.cat([bos, self.targets[:, :-1]], dim=1)
     self.causal = torch.nn.Transformer.generate_square_subsequent_mask(cfg["tgt"])
     self.loss = None
+    self.compute_dtype = None  # The logits' dtype in the last step.
+    # bfloat16: PyTorch's mixed precision, the forward and the loss under CPU autocast (float32
+    # parameters, bf16 matmuls), the backward outside it, as torch's AMP recipe does.
+    self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if (
+        dtype == "bfloat16") else contextlib.nullcontext
 
   def _embed(self, ids):
     x = self.embedding(ids) * self.scale + self.positions[:ids.shape[1]]
@@ -167,14 +182,16 @@ class TorchRunner:
   def step(self) -> None:
     self.net.train()
     self.optimizer.zero_grad(set_to_none=True)
-    hidden = self.net(self._embed(self.inputs), self._embed(self.decoder_inputs),
-                      tgt_mask=self.causal, tgt_is_causal=True)
-    logits = hidden @ self.embedding.weight.T  # (B, T, V), tied output layer
-    loss = self.torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), label_smoothing=0.1)
+    with self.autocast():
+      hidden = self.net(self._embed(self.inputs), self._embed(self.decoder_inputs),
+                        tgt_mask=self.causal, tgt_is_causal=True)
+      logits = hidden @ self.embedding.weight.T  # (B, T, V), tied output layer
+      loss = self.torch.nn.functional.cross_entropy(
+          logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), label_smoothing=0.1)
     loss.backward()
     self.optimizer.step()
     self.loss = loss
+    self.compute_dtype = str(logits.dtype).removeprefix("torch.")
 
   def sync(self) -> float:
     return float(self.loss.detach())
@@ -206,13 +223,13 @@ def run_step_worker(framework: str, name: str) -> dict:
     import jax_runner  # pylint: disable=g-import-not-at-top
     from transformer import model as model_lib  # pylint: disable=g-import-not-at-top
 
-    runner = jax_runner.JaxRunner(shape, device=jax.devices("cpu")[0])
+    runner = jax_runner.JaxRunner(shape, dtype=_CPU_DTYPE.value, device=jax.devices("cpu")[0])
     extra = dict(jax=jax.__version__, package=os.path.dirname(os.path.dirname(
-        model_lib.__file__)))
+        model_lib.__file__)), compute_dtype=runner.config.dtype)
   else:
     import torch  # pylint: disable=g-import-not-at-top
 
-    runner = TorchRunner(shape, _THREADS.value)
+    runner = TorchRunner(shape, _THREADS.value, _CPU_DTYPE.value)
     extra = dict(torch=torch.__version__, threads=torch.get_num_threads())
   compile_s = runner.compile()
   common.timed_steps(runner, _WARMUP.value)
@@ -228,14 +245,17 @@ def run_step_worker(framework: str, name: str) -> dict:
       extra.update(profile_dir=_PROFILE_DIR.value)
     runner.close()
     extra.update(traces=runner.traces, recompiles=recompiles)
+  else:
+    extra.update(compute_dtype=runner.compute_dtype)  # Of the logits, in the last step.
   return dict(step_s=statistics.median(times), compile_s=compile_s, loss=runner.sync(), **extra)
 
 
 def run_matmul_worker(size: int) -> dict:
-  """Worker body: FLOP/s of a jitted float32 (size x size) @ (size x size) on the CPU."""
+  """Worker body: FLOP/s of a jitted (size x size) @ (size x size) on the CPU, in `--cpu_dtype`
+  (bfloat16: bf16 inputs and output, float32 accumulation, like the model's matmuls)."""
   import mfu  # pylint: disable=g-import-not-at-top
 
-  return dict(flops_per_s=mfu.measure_matmul_rate(size, dtype="float32", repeats=20))
+  return dict(flops_per_s=mfu.measure_matmul_rate(size, dtype=_CPU_DTYPE.value, repeats=20))
 
 
 def _env(package_root: str) -> dict:
@@ -247,6 +267,7 @@ def _worker_argv(worker: str, name: str) -> list[str]:
   return [sys.executable, os.path.abspath(__file__), f"--worker={worker}",
           f"--worker_config={name}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
           f"--threads={_THREADS.value}", f"--matmul_size_cpu={_MATMUL_CPU.value}",
+          f"--cpu_dtype={_CPU_DTYPE.value}",
           f"--peers_dir={os.path.abspath(_PEERS_DIR.value)}"] + (
               [f"--profile_dir={os.path.abspath(_PROFILE_DIR.value)}",
                f"--profile_steps={_PROFILE_STEPS.value}"] if _PROFILE_DIR.value else [])
@@ -259,7 +280,7 @@ def _run_worker(argv: list[str], env: dict, label: str) -> dict:
 
 def measure_matmul() -> float:
   r = _run_worker(_worker_argv("matmul", "small"), _env(_REPO_ROOT),
-                  f"matmul {_MATMUL_CPU.value}^3 f32")
+                  f"matmul {_MATMUL_CPU.value}^3 {_CPU_DTYPE.value}")
   return r["flops_per_s"]
 
 
@@ -271,7 +292,8 @@ def implementations() -> list[tuple[str, str, str]]:
     impls.append((f"ours@{label}", "ours", os.path.abspath(root)))
   if "torch" in _PEERS.value:
     impls.append((f"torch{_THREADS.value}", "torch", _REPO_ROOT))
-  if "flax_wmt" in _PEERS.value and os.path.isfile(_flax_wmt_script()):
+  if ("flax_wmt" in _PEERS.value and os.path.isfile(_flax_wmt_script())
+      and _CPU_DTYPE.value == "float32"):
     impls.append(("flax_wmt", "flax_wmt", _REPO_ROOT))
   return impls
 
@@ -313,10 +335,12 @@ def run_cpu(names: list[str]) -> list[dict]:
 
   print(f"cpus={os.cpu_count()} load average={os.getloadavg()} XLA_FLAGS="
         f"{os.environ.get('XLA_FLAGS', '')!r}; steps={_STEPS.value} (median) after "
-        f"warmup={_WARMUP.value}, rounds={_ROUNDS.value}; float32; dropout 0.1, label smoothing "
-        "0.1, Adam; each implementation in its own process, one at a time")
+        f"warmup={_WARMUP.value}, rounds={_ROUNDS.value}; {_CPU_DTYPE.value}; dropout 0.1, "
+        "label smoothing 0.1, Adam; each implementation in its own process, one at a time")
   if "flax_wmt" in _PEERS.value and not os.path.isfile(_flax_wmt_script()):
     print(f"note: {_flax_wmt_script()} not found: the Flax WMT peer is skipped")
+  elif "flax_wmt" in _PEERS.value and _CPU_DTYPE.value != "float32":
+    print(f"note: the Flax WMT peer computes in float32 only: skipped at {_CPU_DTYPE.value}")
   rows = []
   matmul = [measure_matmul()]
   for round_index in range(_ROUNDS.value):
@@ -330,7 +354,7 @@ def run_cpu(names: list[str]) -> list[dict]:
                          tokens=shape["batch"] * (shape["src"] + shape["tgt"])))
   matmul.append(measure_matmul())
   rate = statistics.mean(matmul)
-  print(f"float32 matmul rate ({_MATMUL_CPU.value}^3, jitted): "
+  print(f"{_CPU_DTYPE.value} matmul rate ({_MATMUL_CPU.value}^3, jitted): "
         + " / ".join(f"{m / 1e9:.1f}" for m in matmul) + " GFLOP/s (before / after)")
   print(f"{'config':<6} {'impl':<9} {'round':>5} {'tok/s':>8} {'step ms':>8} {'GFLOP/s':>8} "
         f"{'% matmul':>8} {'peak MiB':>8} {'compile s':>9} {'load':>9}")

@@ -163,3 +163,22 @@ def test_cpu_benchmark_times_each_implementation_in_its_own_process(tmp_path):
       jax_runner.model_config(shape), shape["batch"], shape["src"], shape["tgt"])
   assert "ratio (tokens/s of ours / of the other): smoke: ours" in result.stdout
   assert "x torch2; " in result.stdout and "the best peer" in result.stdout
+
+
+def test_cpu_benchmark_in_bfloat16_runs_ours_and_torch_autocast(tmp_path):
+  """`--cpu_dtype=bfloat16`: both steps compute in bf16, the float32-only Flax peer is skipped."""
+  out = tmp_path / "rows.json"
+  result = subprocess.run(
+      [sys.executable, os.path.join(_BENCH_DIR, "train_step.py"), "--device=cpu",
+       "--configs=smoke", "--peers=torch,flax_wmt", "--cpu_dtype=bfloat16", "--steps=15",
+       "--warmup=1", "--max_load=1e6", "--load_wait=0", "--matmul_size_cpu=256",
+       f"--json={out}"],
+      capture_output=True, text=True, check=False, timeout=600,
+      env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+          [os.path.dirname(_BENCH_DIR), os.environ.get("PYTHONPATH", "")])))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  assert {r["impl"]: r["compute_dtype"] for r in rows} == {
+      "ours": "bfloat16", "torch2": "bfloat16"}, rows
+  assert "bfloat16 matmul rate" in result.stdout
+  assert "skipped at bfloat16" in result.stdout or "not found" in result.stdout

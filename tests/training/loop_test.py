@@ -22,8 +22,8 @@ from transformer.training import run_config
 
 
 def test_copy_task_reaches_99_percent_token_accuracy_within_its_300_steps(tmp_path):
-  # The budget is the config's step count, not seconds: CPU time differs 3-4x between the
-  # machines CI runs on (81 s on an AVX2-only EPYC, under 60 on an AVX-512 Xeon).
+  # The budget is the config's step count, not seconds: CPU time depends on the machine CI
+  # runs on (81 s on an AVX2-only EPYC, under 60 on an AVX-512 Xeon).
   config = training_helpers.load_config("copy")
   config.mesh.data = 1  # One device: the fastest layout on a CPU.
   config.training.test_split = ""
